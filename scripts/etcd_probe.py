@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""A dependency-free mTLS probe for etcd: real handshakes and requests, with the outcome as JSON.
+
+It runs on the nodes (only Python's standard library) and is what the tests use to try the
+attacks the hardening must stop and the requests it must still serve:
+
+    etcd_probe.py request https://10.0.0.1:2379/health --cacert ca.crt --cert c.crt --key c.key
+    etcd_probe.py request https://10.0.0.1:2379/health --cacert ca.crt --tls-version 1.1
+    etcd_probe.py kv put /probe/key value --endpoint https://10.0.0.1:2379 --cacert ... --cert ... --key ...
+    etcd_probe.py kv get /probe/key --endpoint ...
+    etcd_probe.py tcp 10.0.0.1 2381
+
+Every command prints one JSON object. The exit status is 0 when the request was served (an HTTP
+2xx answer, or a TCP connection), 1 when it was refused or failed, 2 for bad usage. "error" says
+who refused: a TLS alert from the server reads like "... alert ..." and a local failure does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import socket
+import ssl
+import sys
+import warnings
+from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit
+
+TLS_VERSIONS: dict[str, ssl.TLSVersion] = {
+    "1.0": ssl.TLSVersion.TLSv1,
+    "1.1": ssl.TLSVersion.TLSv1_1,
+    "1.2": ssl.TLSVersion.TLSv1_2,
+    "1.3": ssl.TLSVersion.TLSv1_3,
+}
+
+
+@dataclass
+class Outcome:
+    """What happened to one probe."""
+
+    served: bool
+    status: int | None = None
+    body: str = ""
+    error: str | None = None
+    tls_version: str | None = None
+    cipher: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def build_context(
+    cacert: str | None,
+    cert: str | None = None,
+    key: str | None = None,
+    tls_version: str | None = None,
+    ciphers: str | None = None,
+    verify: bool = True,
+) -> ssl.SSLContext:
+    """A client context that validates the server against `cacert` and offers only what is asked.
+
+    With verify=False the server is not checked at all, as an attacker would not check it: the
+    probe then shows whether the *server* accepts the client.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif cacert:
+        ctx.load_verify_locations(cafile=cacert)
+    else:
+        ctx.load_default_certs()
+    if cert:
+        ctx.load_cert_chain(certfile=cert, keyfile=key)
+    if tls_version:
+        version = TLS_VERSIONS[tls_version]
+        if version < ssl.TLSVersion.TLSv1_2:
+            # OpenSSL 3 refuses to even offer TLS 1.0/1.1 at its default security level; an
+            # attacker's client would not be so polite, so neither is the probe.
+            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # offering them is the point
+            ctx.minimum_version = version
+            ctx.maximum_version = version
+    if ciphers:
+        # Cipher lists only govern TLS 1.2 and older, so cap the version to make them count.
+        ctx.set_ciphers(ciphers + ":@SECLEVEL=0")
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def request(
+    url: str,
+    ctx: ssl.SSLContext | None,
+    method: str = "GET",
+    body: bytes | None = None,
+    timeout: float = 5.0,
+) -> Outcome:
+    """Send one HTTP(S) request; `served` is true only for a 2xx answer."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    path = parts.path or "/"
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=timeout)
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        text = response.read().decode("utf-8", "replace")
+        outcome = Outcome(served=200 <= response.status < 300, status=response.status, body=text)
+        sock = conn.sock
+        if isinstance(sock, ssl.SSLSocket):
+            outcome.tls_version = sock.version()
+            cipher = sock.cipher()
+            outcome.cipher = cipher[0] if cipher else None
+        return outcome
+    except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+        return Outcome(served=False, error=f"{type(exc).__name__}: {exc}")
+    finally:
+        conn.close()
+
+
+def tcp_connect(host: str, port: int, timeout: float = 3.0) -> Outcome:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return Outcome(served=True)
+    except OSError as exc:
+        return Outcome(served=False, error=f"{type(exc).__name__}: {exc}")
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def kv_request(action: str, key: str, value: str | None) -> tuple[str, bytes]:
+    """Path and body of an etcd v3 JSON-gateway request (keys and values are base64)."""
+    if action == "put":
+        return "/v3/kv/put", json.dumps({"key": b64(key), "value": b64(value or "")}).encode()
+    return "/v3/kv/range", json.dumps({"key": b64(key)}).encode()
+
+
+def kv_values(body: str) -> list[str]:
+    """Decoded values of a /v3/kv/range answer."""
+    kvs = json.loads(body).get("kvs", [])
+    return [base64.b64decode(kv.get("value", "")).decode("utf-8", "replace") for kv in kvs]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    tls = argparse.ArgumentParser(add_help=False)
+    tls.add_argument("--cacert", help="CA bundle that must have signed the server's certificate")
+    tls.add_argument("--cert", help="client certificate to present")
+    tls.add_argument("--key", help="client private key")
+    tls.add_argument("--tls-version", choices=sorted(TLS_VERSIONS), help="offer only this TLS version")
+    tls.add_argument("--ciphers", help="offer only these TLS 1.2 cipher suites (OpenSSL names)")
+    tls.add_argument("--timeout", type=float, default=5.0)
+    tls.add_argument(
+        "--no-verify", action="store_true", help="do not check the server, as an attacker would not"
+    )
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    req = sub.add_parser("request", parents=[tls], help="one HTTP(S) request")
+    req.add_argument("url")
+    req.add_argument("--method", default="GET")
+    req.add_argument("--data", help="request body")
+    kv = sub.add_parser("kv", parents=[tls], help="put or get a key through the v3 JSON gateway")
+    kv.add_argument("action", choices=("put", "get"))
+    kv.add_argument("key")
+    kv.add_argument("value", nargs="?")
+    kv.add_argument("--endpoint", required=True, help="e.g. https://10.0.0.1:2379")
+    tcp = sub.add_parser("tcp", help="open a TCP connection, nothing more")
+    tcp.add_argument("host")
+    tcp.add_argument("port", type=int)
+    tcp.add_argument("--timeout", type=float, default=3.0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "tcp":
+        outcome = tcp_connect(args.host, args.port, args.timeout)
+    else:
+        try:
+            ctx = build_context(
+                args.cacert, args.cert, args.key, args.tls_version, args.ciphers, not args.no_verify
+            )
+        except (OSError, ssl.SSLError) as exc:
+            print(Outcome(served=False, error=f"local: {type(exc).__name__}: {exc}").to_json())
+            return 2
+        if args.command == "request":
+            data = args.data.encode() if args.data is not None else None
+            outcome = request(args.url, ctx, args.method, data, args.timeout)
+        else:
+            path, body = kv_request(args.action, args.key, args.value)
+            outcome = request(args.endpoint.rstrip("/") + path, ctx, "POST", body, args.timeout)
+            if outcome.served and args.action == "get":
+                outcome.body = json.dumps(kv_values(outcome.body))
+    print(outcome.to_json())
+    return 0 if outcome.served else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

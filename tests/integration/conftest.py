@@ -1,0 +1,194 @@
+"""Fixtures for the tests that run against a live lab or molecule topology.
+
+The topology comes from an inventory file (ETCD_TEST_INVENTORY, default: the lab's), so the same
+tests verify `make lab` and every molecule scenario. Hosts are reached with testinfra's podman
+backend; attacks and requests are made from inside the containers with scripts/etcd_probe.py.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testinfra
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+REPO = Path(__file__).resolve().parents[2]
+PROBE_PATH = "/usr/local/bin/etcd-probe"
+FOREIGN_DIR = "/root/foreign-ca"
+
+
+@dataclass(frozen=True)
+class Topology:
+    inventory: Path
+    members: list[str]
+    apiservers: list[str]
+    untrusted: list[str]
+    addresses: dict[str, str]
+    cluster_vars: dict[str, Any]
+
+    @property
+    def all_hosts(self) -> list[str]:
+        return self.members + self.apiservers + self.untrusted
+
+
+def _group_hosts(tree: dict[str, Any], group: str) -> dict[str, dict[str, Any]]:
+    for name, node in (tree.get("children") or {}).items():
+        if name == group:
+            return {h: (v or {}) for h, v in (node.get("hosts") or {}).items()}
+        found = _group_hosts(node or {}, group)
+        if found:
+            return found
+    return {}
+
+
+def load_topology(inventory: Path) -> Topology:
+    tree = yaml.safe_load(inventory.read_text())["all"]
+    groups = {g: _group_hosts(tree, g) for g in ("etcd", "kube_control_plane", "untrusted")}
+    addresses = {
+        host: str(hostvars["lab_podman_ipv4"])
+        for hosts in groups.values()
+        for host, hostvars in hosts.items()
+    }
+    group_vars_file = inventory.parent / "group_vars" / "all.yml"
+    cluster_vars = yaml.safe_load(group_vars_file.read_text()) if group_vars_file.exists() else {}
+    return Topology(
+        inventory=inventory,
+        members=list(groups["etcd"]),
+        apiservers=list(groups["kube_control_plane"]),
+        untrusted=list(groups["untrusted"]),
+        addresses=addresses,
+        cluster_vars=cluster_vars or {},
+    )
+
+
+@pytest.fixture(scope="session")
+def topology() -> Topology:
+    inventory = Path(os.environ.get("ETCD_TEST_INVENTORY", REPO / "inventory/lab/hosts.yml"))
+    return load_topology(inventory)
+
+
+@pytest.fixture(scope="session")
+def host_of() -> Callable[[str], Any]:
+    cache: dict[str, Any] = {}
+
+    def get(name: str) -> Any:
+        if name not in cache:
+            cache[name] = testinfra.get_host(f"podman://{name}")
+        return cache[name]
+
+    return get
+
+
+def podman(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["podman", *args], check=True, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def probe_installed(topology: Topology) -> None:
+    """Put the probe on every host; it needs nothing but the host's Python."""
+    for name in topology.all_hosts:
+        podman("cp", str(REPO / "scripts/etcd_probe.py"), f"{name}:{PROBE_PATH}")
+
+
+ProbeResult = dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def probe(host_of: Callable[[str], Any]) -> Callable[..., ProbeResult]:
+    """Run the probe on a host; returns its JSON outcome plus the exit status."""
+
+    def run(on: str, *args: str) -> ProbeResult:
+        cmd = host_of(on).run("python3 " + PROBE_PATH + " " + " ".join(_quote(a) for a in args))
+        assert cmd.rc in (0, 1), f"probe on {on} failed to run: rc={cmd.rc} {cmd.stdout} {cmd.stderr}"
+        outcome: ProbeResult = json.loads(cmd.stdout)
+        outcome["rc"] = cmd.rc
+        outcome["where"] = f"on {on}: etcd-probe {' '.join(args)}"
+        return outcome
+
+    return run
+
+
+def _quote(arg: str) -> str:
+    return "'" + arg.replace("'", "'\\''") + "'"
+
+
+APISERVER_CREDS = (
+    "--cacert",
+    "/etc/kubernetes/pki/etcd/ca.crt",
+    "--cert",
+    "/etc/kubernetes/pki/apiserver-etcd-client.crt",
+    "--key",
+    "/etc/kubernetes/pki/apiserver-etcd-client.key",
+)
+MEMBER_PEER_CREDS = (
+    "--cacert",
+    "/etc/etcd/pki/peer-ca.crt",
+    "--cert",
+    "/etc/etcd/pki/peer.crt",
+    "--key",
+    "/etc/etcd/pki/peer.key",
+)
+
+
+@pytest.fixture(scope="session")
+def foreign_client_cert(topology: Topology) -> Iterator[tuple[str, ...]]:
+    """A throwaway "kubernetes" CA and a client certificate it signed, on the untrusted host.
+
+    This is the classic mistake CIS 2.7 is about: a certificate from the cluster's other CA must
+    not open etcd.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver-etcd-client")]))
+        .issuer_name(ca_name)
+        .public_key(client_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    attacker = topology.untrusted[0]
+    files = {
+        "client.crt": client_cert.public_bytes(serialization.Encoding.PEM),
+        "client.key": client_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    }
+    subprocess.run(["podman", "exec", attacker, "mkdir", "-p", FOREIGN_DIR], check=True)
+    for name, data in files.items():
+        subprocess.run(
+            ["podman", "exec", "-i", attacker, "sh", "-c", f"cat > {FOREIGN_DIR}/{name}"],
+            input=data,
+            check=True,
+        )
+    yield ("--cert", f"{FOREIGN_DIR}/client.crt", "--key", f"{FOREIGN_DIR}/client.key")

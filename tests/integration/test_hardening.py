@@ -1,0 +1,167 @@
+"""Host-side controls: flags as the running process sees them, key custody, file modes, sandbox."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REPO, Topology
+
+HostOf = Callable[[str], Any]
+
+# Flags CIS 2.1-2.7 look for, as auditors read them: from the process command line.
+REQUIRED_FLAGS = {
+    "client-cert-auth": "true",  # CIS 2.2
+    "auto-tls": "false",  # CIS 2.3
+    "peer-client-cert-auth": "true",  # CIS 2.5
+    "peer-auto-tls": "false",  # CIS 2.6
+    "enable-v2": "false",
+    "strict-reconfig-check": "true",
+    "listen-metrics-urls": "http://127.0.0.1:2381",
+}
+REQUIRED_FILE_FLAGS = ("cert-file", "key-file", "trusted-ca-file", "peer-cert-file", "peer-key-file", "peer-trusted-ca-file")
+
+
+def etcd_flags(host: Any) -> dict[str, str]:
+    pid = host.check_output("systemctl show -p MainPID --value etcd.service")
+    assert pid not in ("", "0"), "etcd is not running"
+    argv = host.check_output(f"tr '\\0' '\\n' < /proc/{pid}/cmdline").splitlines()
+    assert argv[0].endswith("/etcd"), argv
+    flags = {}
+    for arg in argv[1:]:
+        name, _, value = arg.removeprefix("--").partition("=")
+        flags[name] = value
+    return flags
+
+
+def test_tls_flags_are_on_the_running_process(topology: Topology, host_of: HostOf) -> None:
+    for member in topology.members:
+        flags = etcd_flags(host_of(member))
+        for name, value in REQUIRED_FLAGS.items():
+            assert flags.get(name) == value, f"{member}: --{name}={flags.get(name)!r}, want {value!r}"
+        for name in REQUIRED_FILE_FLAGS:
+            assert flags.get(name), f"{member}: --{name} is not set"
+            assert host_of(member).file(flags[name]).exists, f"{member}: {flags[name]} missing"
+        urls = flags["listen-client-urls"].split(",") + flags["listen-peer-urls"].split(",")
+        assert all(u.startswith("https://") for u in urls), urls
+
+
+def test_peer_and_client_ports_trust_different_dedicated_cas(topology: Topology, host_of: HostOf) -> None:
+    """CIS 2.7: a dedicated etcd CA; and the peer CA is separate, so no client can be a peer."""
+    member = host_of(topology.members[0])
+    flags = etcd_flags(member)
+    client_ca = member.check_output(f"openssl x509 -noout -subject -fingerprint -sha256 -in {flags['trusted-ca-file']}")
+    peer_ca = member.check_output(f"openssl x509 -noout -subject -fingerprint -sha256 -in {flags['peer-trusted-ca-file']}")
+    assert "etcd-ca" in client_ca and "kubernetes" not in client_ca.lower(), client_ca
+    if topology.cluster_vars.get("etcd_pki_separate_peer_ca", True):
+        assert client_ca != peer_ca
+        assert "etcd-peer-ca" in peer_ca
+    else:
+        assert flags.get("peer-cert-allowed-cn"), "a shared CA needs the peer CN pinned"
+
+
+def test_peer_identity_is_pinned(topology: Topology, host_of: HostOf) -> None:
+    member = host_of(topology.members[0])
+    flags = etcd_flags(member)
+    pinned = flags.get("peer-cert-allowed-cn")
+    assert pinned, "--peer-cert-allowed-cn is not set"
+    subject = member.check_output(f"openssl x509 -noout -subject -nameopt RFC2253 -in {flags['peer-cert-file']}")
+    assert f"CN={pinned}" in subject
+
+
+def test_etcd_runs_as_its_own_user_with_a_private_data_dir(topology: Topology, host_of: HostOf) -> None:
+    for member in topology.members:
+        host = host_of(member)
+        assert host.service("etcd").is_running
+        assert host.check_output("ps -o user= -C etcd").split() == ["etcd"]
+        data_dir = host.file(etcd_flags(host)["data-dir"])
+        assert (data_dir.user, data_dir.group, data_dir.mode) == ("etcd", "etcd", 0o700)  # CIS 1.1.11/12
+
+
+@pytest.mark.parametrize("path", ["/etc/systemd/system/etcd.service", "/etc/default/etcd"])
+def test_configuration_files_are_root_only(topology: Topology, host_of: HostOf, path: str) -> None:
+    for member in topology.members:
+        f = host_of(member).file(path)
+        assert (f.user, f.group, f.mode) == ("root", "root", 0o600), f"{member}:{path}"  # CIS 1.1.7/8
+
+
+def test_key_files_are_0600_and_owned_by_their_user(topology: Topology, host_of: HostOf) -> None:
+    expected = {
+        "/etc/etcd/pki/server.key": "etcd",
+        "/etc/etcd/pki/peer.key": "etcd",
+        "/etc/etcd/pki/healthcheck-client.key": "root",
+        "/etc/etcd/pki/admin.key": "root",
+    }
+    for member in topology.members:
+        for path, owner in expected.items():
+            f = host_of(member).file(path)
+            assert (f.user, f.mode) == (owner, 0o600), f"{member}:{path} is {f.user} {oct(f.mode)}"
+    for apiserver in topology.apiservers:
+        f = host_of(apiserver).file("/etc/kubernetes/pki/apiserver-etcd-client.key")
+        assert (f.user, f.mode) == ("root", 0o600)
+
+
+def private_key_fingerprints(host: Any) -> dict[str, str]:
+    """Public-key fingerprint of every unencrypted private key file on the host, by path."""
+    script = r"""
+for f in $(grep -rlIs -e '-----BEGIN .*PRIVATE KEY-----' /etc /root /var /home /tmp /opt /usr/local /srv 2>/dev/null); do
+  fp=$(openssl pkey -in "$f" -passin pass: -pubout 2>/dev/null | sha256sum | cut -d' ' -f1) && echo "$f $fp"
+done
+"""
+    out = host.run(script).stdout
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
+def controller_public_fingerprint(cert: Path) -> str:
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    pub = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
+    pem = pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(pem).hexdigest()
+
+
+def test_no_ca_private_key_and_no_foreign_private_key_on_any_node(topology: Topology, host_of: HostOf) -> None:
+    pki_dir = controller_pki_dir(topology)
+    ca_fingerprints = {controller_public_fingerprint(p) for p in pki_dir.glob("*.crt")}
+    assert ca_fingerprints, f"no CA certificates found in {pki_dir}"
+    apiserver = topology.apiservers[0]
+    apiserver_key = private_key_fingerprints(host_of(apiserver)).get("/etc/kubernetes/pki/apiserver-etcd-client.key")
+    assert apiserver_key, "the apiserver's etcd client key is missing"
+    for name in topology.all_hosts:
+        keys = private_key_fingerprints(host_of(name))
+        for path, fingerprint in keys.items():
+            assert fingerprint not in ca_fingerprints, f"a CA private key is on {name} at {path}"
+            if name != apiserver:
+                assert fingerprint != apiserver_key, f"the apiserver's key is also on {name} at {path}"
+        for path in keys:
+            assert not re.search(r"ca\.key$", path), f"{name}: {path}"
+
+
+def test_controller_holds_only_ca_material(topology: Topology) -> None:
+    """Only CSRs travel to the controller: no node key is ever stored there."""
+    names = sorted(p.name for p in controller_pki_dir(topology).iterdir())
+    assert set(names) <= {"etcd-ca.crt", "etcd-ca.key", "etcd-peer-ca.crt", "etcd-peer-ca.key"}, names
+
+
+def controller_pki_dir(topology: Topology) -> Path:
+    """The CA directory on the controller: ETCD_TEST_PKI_DIR, else the lab's (.lab/pki/<cluster>)."""
+    configured = os.environ.get("ETCD_TEST_PKI_DIR")
+    if configured:
+        return Path(configured)
+    return REPO / ".lab" / "pki" / topology.cluster_vars.get("etcd_cluster_name", "etcd")
+
+
+def test_unit_sandbox_scores_2_or_lower(topology: Topology, host_of: HostOf) -> None:
+    for member in topology.members:
+        out = host_of(member).check_output("systemd-analyze security --no-pager etcd.service | tail -n 1")
+        match = re.search(r"exposure level for etcd.service: ([0-9.]+)", out)
+        assert match, out
+        assert float(match.group(1)) <= 2.0, out
