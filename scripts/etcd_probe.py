@@ -21,6 +21,7 @@ import argparse
 import base64
 import http.client
 import json
+import select
 import socket
 import ssl
 import sys
@@ -53,6 +54,7 @@ class Outcome:
 
 def build_context(
     cacert: str | None,
+    *,
     cert: str | None = None,
     key: str | None = None,
     tls_version: str | None = None,
@@ -109,20 +111,54 @@ def request(
     else:
         conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
+        if isinstance(conn, http.client.HTTPSConnection):
+            conn.connect()
+            _raise_pending_alert(conn.sock)
         conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        # Read what was negotiated now: the connection may close once the answer is read.
+        sock = conn.sock
+        tls_version, cipher = None, None
+        if isinstance(sock, ssl.SSLSocket):
+            tls_version = sock.version()
+            negotiated = sock.cipher()
+            cipher = negotiated[0] if negotiated else None
         response = conn.getresponse()
         text = response.read().decode("utf-8", "replace")
-        outcome = Outcome(served=200 <= response.status < 300, status=response.status, body=text)
-        sock = conn.sock
-        if isinstance(sock, ssl.SSLSocket):
-            outcome.tls_version = sock.version()
-            cipher = sock.cipher()
-            outcome.cipher = cipher[0] if cipher else None
-        return outcome
+        return Outcome(
+            served=200 <= response.status < 300,
+            status=response.status,
+            body=text,
+            tls_version=tls_version,
+            cipher=cipher,
+        )
     except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
         return Outcome(served=False, error=f"{type(exc).__name__}: {exc}")
     finally:
         conn.close()
+
+
+def _raise_pending_alert(sock: socket.socket | None, wait: float = 0.5) -> None:
+    """Surface a TLS alert the server sent right after the handshake.
+
+    Under TLS 1.3 a server checks the client certificate after the client's side of the
+    handshake is done, so a refusal arrives as an alert while the client is already writing its
+    request; a write racing the server's close can then end in a bare reset that hides who
+    refused. Reading whatever the server has sent first (an alert, or session tickets when it
+    accepted) makes the outcome deterministic.
+    """
+    if not isinstance(sock, ssl.SSLSocket):
+        return
+    readable, _, _ = select.select([sock], [], [], wait)
+    if not readable:
+        return
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        sock.recv(1)
+    except (ssl.SSLWantReadError, BlockingIOError):
+        pass  # only session tickets: the server accepted us
+    finally:
+        sock.settimeout(timeout)
 
 
 def tcp_connect(host: str, port: int, timeout: float = 3.0) -> Outcome:
@@ -187,7 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         try:
             ctx = build_context(
-                args.cacert, args.cert, args.key, args.tls_version, args.ciphers, not args.no_verify
+                args.cacert,
+                cert=args.cert,
+                key=args.key,
+                tls_version=args.tls_version,
+                ciphers=args.ciphers,
+                verify=not args.no_verify,
             )
         except (OSError, ssl.SSLError) as exc:
             print(Outcome(served=False, error=f"local: {type(exc).__name__}: {exc}").to_json())

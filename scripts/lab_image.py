@@ -72,9 +72,7 @@ class Recipe:
         return f"{IMAGE_REPOSITORY}:{self.suite}-{self.digest()}"
 
     def mmdebstrap_command(self, target: Path) -> list[str]:
-        hooks = [
-            f'--customize-hook=chroot "$1" systemctl mask {unit}' for unit in self.masked_units
-        ]
+        hooks = [f'--customize-hook=chroot "$1" systemctl mask {unit}' for unit in self.masked_units]
         return [
             "mmdebstrap",
             f"--variant={self.variant}",

@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from testinfra.host import Host
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE_PATH = "/usr/local/bin/etcd-probe"
@@ -80,10 +81,10 @@ def topology() -> Topology:
 
 
 @pytest.fixture(scope="session")
-def host_of() -> Callable[[str], Any]:
-    cache: dict[str, Any] = {}
+def host_of() -> Callable[[str], Host]:
+    cache: dict[str, Host] = {}
 
-    def get(name: str) -> Any:
+    def get(name: str) -> Host:
         if name not in cache:
             cache[name] = testinfra.get_host(f"podman://{name}")
         return cache[name]
@@ -106,7 +107,7 @@ ProbeResult = dict[str, Any]
 
 
 @pytest.fixture(scope="session")
-def probe(host_of: Callable[[str], Any]) -> Callable[..., ProbeResult]:
+def probe(host_of: Callable[[str], Host]) -> Callable[..., ProbeResult]:
     """Run the probe on a host; returns its JSON outcome plus the exit status."""
 
     def run(on: str, *args: str) -> ProbeResult:
@@ -150,19 +151,10 @@ def foreign_client_cert(topology: Topology) -> Iterator[tuple[str, ...]]:
     not open etcd.
     """
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    # Only the signature matters to etcd: the client certificate is issued by "kubernetes", a CA
+    # etcd has never heard of, signed with that CA's key.
     client_key = ec.generate_private_key(ec.SECP256R1())
     client_cert = (
         x509.CertificateBuilder()

@@ -6,13 +6,13 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from testinfra.host import Host
 
 from conftest import REPO, Topology
 
-HostOf = Callable[[str], Any]
+HostOf = Callable[[str], Host]
 
 # Flags CIS 2.1-2.7 look for, as auditors read them: from the process command line.
 REQUIRED_FLAGS = {
@@ -24,10 +24,17 @@ REQUIRED_FLAGS = {
     "strict-reconfig-check": "true",
     "listen-metrics-urls": "http://127.0.0.1:2381",
 }
-REQUIRED_FILE_FLAGS = ("cert-file", "key-file", "trusted-ca-file", "peer-cert-file", "peer-key-file", "peer-trusted-ca-file")
+REQUIRED_FILE_FLAGS = (
+    "cert-file",
+    "key-file",
+    "trusted-ca-file",
+    "peer-cert-file",
+    "peer-key-file",
+    "peer-trusted-ca-file",
+)
 
 
-def etcd_flags(host: Any) -> dict[str, str]:
+def etcd_flags(host: Host) -> dict[str, str]:
     pid = host.check_output("systemctl show -p MainPID --value etcd.service")
     assert pid not in ("", "0"), "etcd is not running"
     argv = host.check_output(f"tr '\\0' '\\n' < /proc/{pid}/cmdline").splitlines()
@@ -55,8 +62,12 @@ def test_peer_and_client_ports_trust_different_dedicated_cas(topology: Topology,
     """CIS 2.7: a dedicated etcd CA; and the peer CA is separate, so no client can be a peer."""
     member = host_of(topology.members[0])
     flags = etcd_flags(member)
-    client_ca = member.check_output(f"openssl x509 -noout -subject -fingerprint -sha256 -in {flags['trusted-ca-file']}")
-    peer_ca = member.check_output(f"openssl x509 -noout -subject -fingerprint -sha256 -in {flags['peer-trusted-ca-file']}")
+    client_ca = member.check_output(
+        f"openssl x509 -noout -subject -fingerprint -sha256 -in {flags['trusted-ca-file']}"
+    )
+    peer_ca = member.check_output(
+        f"openssl x509 -noout -subject -fingerprint -sha256 -in {flags['peer-trusted-ca-file']}"
+    )
     assert "etcd-ca" in client_ca and "kubernetes" not in client_ca.lower(), client_ca
     if topology.cluster_vars.get("etcd_pki_separate_peer_ca", True):
         assert client_ca != peer_ca
@@ -70,7 +81,9 @@ def test_peer_identity_is_pinned(topology: Topology, host_of: HostOf) -> None:
     flags = etcd_flags(member)
     pinned = flags.get("peer-cert-allowed-cn")
     assert pinned, "--peer-cert-allowed-cn is not set"
-    subject = member.check_output(f"openssl x509 -noout -subject -nameopt RFC2253 -in {flags['peer-cert-file']}")
+    subject = member.check_output(
+        f"openssl x509 -noout -subject -nameopt RFC2253 -in {flags['peer-cert-file']}"
+    )
     assert f"CN={pinned}" in subject
 
 
@@ -106,10 +119,11 @@ def test_key_files_are_0600_and_owned_by_their_user(topology: Topology, host_of:
         assert (f.user, f.mode) == ("root", 0o600)
 
 
-def private_key_fingerprints(host: Any) -> dict[str, str]:
+def private_key_fingerprints(host: Host) -> dict[str, str]:
     """Public-key fingerprint of every unencrypted private key file on the host, by path."""
     script = r"""
-for f in $(grep -rlIs -e '-----BEGIN .*PRIVATE KEY-----' /etc /root /var /home /tmp /opt /usr/local /srv 2>/dev/null); do
+dirs="/etc /root /var /home /tmp /opt /usr/local /srv"
+for f in $(grep -rlIs -e '-----BEGIN .*PRIVATE KEY-----' $dirs 2>/dev/null); do
   fp=$(openssl pkey -in "$f" -passin pass: -pubout 2>/dev/null | sha256sum | cut -d' ' -f1) && echo "$f $fp"
 done
 """
@@ -128,12 +142,16 @@ def controller_public_fingerprint(cert: Path) -> str:
     return hashlib.sha256(pem).hexdigest()
 
 
-def test_no_ca_private_key_and_no_foreign_private_key_on_any_node(topology: Topology, host_of: HostOf) -> None:
+def test_no_ca_private_key_and_no_foreign_private_key_on_any_node(
+    topology: Topology, host_of: HostOf
+) -> None:
     pki_dir = controller_pki_dir(topology)
     ca_fingerprints = {controller_public_fingerprint(p) for p in pki_dir.glob("*.crt")}
     assert ca_fingerprints, f"no CA certificates found in {pki_dir}"
     apiserver = topology.apiservers[0]
-    apiserver_key = private_key_fingerprints(host_of(apiserver)).get("/etc/kubernetes/pki/apiserver-etcd-client.key")
+    apiserver_key = private_key_fingerprints(host_of(apiserver)).get(
+        "/etc/kubernetes/pki/apiserver-etcd-client.key"
+    )
     assert apiserver_key, "the apiserver's etcd client key is missing"
     for name in topology.all_hosts:
         keys = private_key_fingerprints(host_of(name))
@@ -156,7 +174,7 @@ def controller_pki_dir(topology: Topology) -> Path:
     configured = os.environ.get("ETCD_TEST_PKI_DIR")
     if configured:
         return Path(configured)
-    return REPO / ".lab" / "pki" / topology.cluster_vars.get("etcd_cluster_name", "etcd")
+    return REPO / ".lab" / "pki" / str(topology.cluster_vars.get("etcd_cluster_name", "etcd"))
 
 
 def test_unit_sandbox_scores_2_or_lower(topology: Topology, host_of: HostOf) -> None:

@@ -65,9 +65,7 @@ def test_cluster_has_every_inventory_member(topology: Topology, probe: Probe) ->
         assert f'"name":"{member}"' in outcome["body"].replace(" ", ""), outcome
 
 
-def test_apiserver_writes_on_one_member_and_reads_on_every_member(
-    topology: Topology, probe: Probe
-) -> None:
+def test_apiserver_writes_on_one_member_and_reads_on_every_member(topology: Topology, probe: Probe) -> None:
     apiserver = topology.apiservers[0]
     key, value = f"/tests/write-read/{uuid.uuid4()}", str(uuid.uuid4())
     endpoint = client_url(topology, topology.members[0], "")
@@ -82,9 +80,7 @@ def test_apiserver_writes_on_one_member_and_reads_on_every_member(
 # --- client port: who may connect -------------------------------------------------------------
 
 
-def test_client_port_refuses_tls_without_a_client_certificate(
-    topology: Topology, probe: Probe
-) -> None:
+def test_client_port_refuses_tls_without_a_client_certificate(topology: Topology, probe: Probe) -> None:
     url = client_url(topology, topology.members[0])
     no_cert = probe(topology.apiservers[0], "request", url, *APISERVER_CREDS[:2])
     assert_refused_by_server(no_cert, "certificate required", "bad certificate", "handshake failure")
@@ -119,9 +115,7 @@ def test_client_port_refuses_old_tls_versions(topology: Topology, probe: Probe, 
 
 
 @pytest.mark.parametrize("port", [2379, 2380])
-def test_both_ports_refuse_cbc_cipher_suites_on_tls12(
-    topology: Topology, probe: Probe, port: int
-) -> None:
+def test_both_ports_refuse_cbc_cipher_suites_on_tls12(topology: Topology, probe: Probe, port: int) -> None:
     member = topology.members[0]
     url = f"https://{topology.addresses[member]}:{port}/version"
     creds = APISERVER_CREDS if port == 2379 else MEMBER_PEER_CREDS
@@ -137,14 +131,20 @@ def test_both_ports_refuse_cbc_cipher_suites_on_tls12(
 
 
 def test_peer_port_serves_a_member_peer_certificate(topology: Topology, probe: Probe) -> None:
-    outcome = probe(topology.members[1], "request", peer_url(topology, topology.members[0]), *MEMBER_PEER_CREDS)
+    outcome = probe(
+        topology.members[1], "request", peer_url(topology, topology.members[0]), *MEMBER_PEER_CREDS
+    )
     assert_served(outcome)
 
 
 def test_peer_port_refuses_the_apiserver_client_certificate(topology: Topology, probe: Probe) -> None:
     apiserver_cert = APISERVER_CREDS[2:]
     outcome = probe(
-        topology.apiservers[0], "request", peer_url(topology, topology.members[0]), "--no-verify", *apiserver_cert
+        topology.apiservers[0],
+        "request",
+        peer_url(topology, topology.members[0]),
+        "--no-verify",
+        *apiserver_cert,
     )
     assert_refused_by_server(outcome, "unknown ca", "bad certificate", "certificate unknown")
 
