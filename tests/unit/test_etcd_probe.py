@@ -1,0 +1,217 @@
+"""The probe against a real local TLS server: it must tell served from refused, and who refused."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import http.server
+import json
+import socket
+import ssl
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import etcd_probe
+
+
+@dataclass
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+
+
+def _issue(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    cn: str,
+    usage: x509.ObjectIdentifier,
+    san: list[x509.GeneralName] | None = None,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    )
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    d = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-ca")])
+    now = datetime.datetime.now(datetime.UTC)
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    import ipaddress
+
+    server, server_key = _issue(
+        ca_key,
+        ca_name,
+        "server",
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
+    client, client_key = _issue(ca_key, ca_name, "client", ExtendedKeyUsageOID.CLIENT_AUTH)
+    paths = Pki(d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key")
+    paths.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths.server_cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths.client_cert.write_bytes(client.public_bytes(serialization.Encoding.PEM))
+    _write_key(paths.server_key, server_key)
+    _write_key(paths.client_key, client_key)
+    return paths
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self._answer(b'{"health":"true"}')
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        value = base64.b64encode(b"stored").decode()
+        self._answer(json.dumps({"kvs": [{"key": body["key"], "value": value}]}).encode())
+
+    def _answer(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(pki: Pki) -> Iterator[str]:
+    """An mTLS server like etcd's client port: TLS 1.2+, AEAD suites, client cert required."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Capped at 1.2 so a refused client certificate fails inside the handshake: under TLS 1.3
+    # Python's server may close before its alert reaches the client, a race etcd does not show.
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers("ECDHE+AESGCM")
+    ctx.load_cert_chain(pki.server_cert, pki.server_key)
+    ctx.load_verify_locations(pki.ca)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_served_with_a_client_certificate(pki: Pki, server: str) -> None:
+    ctx = etcd_probe.build_context(str(pki.ca), cert=str(pki.client_cert), key=str(pki.client_key))
+    outcome = etcd_probe.request(server + "/health", ctx)
+    assert outcome.served and outcome.status == 200
+    assert outcome.tls_version in ("TLSv1.2", "TLSv1.3")
+
+
+def test_refused_without_a_client_certificate_reports_the_servers_alert(pki: Pki, server: str) -> None:
+    outcome = etcd_probe.request(server + "/health", etcd_probe.build_context(str(pki.ca)))
+    assert not outcome.served
+    assert outcome.error and "alert" in outcome.error.lower()
+
+
+def test_old_tls_version_is_offered_and_refused_by_the_server(pki: Pki, server: str) -> None:
+    ctx = etcd_probe.build_context(
+        str(pki.ca), cert=str(pki.client_cert), key=str(pki.client_key), tls_version="1.1"
+    )
+    assert ctx.maximum_version == ssl.TLSVersion.TLSv1_1
+    outcome = etcd_probe.request(server + "/health", ctx)
+    assert not outcome.served
+    assert outcome.error and "alert" in outcome.error.lower(), outcome
+
+
+def test_cbc_suites_are_refused_and_aead_served(pki: Pki, server: str) -> None:
+    creds = {"cert": str(pki.client_cert), "key": str(pki.client_key)}
+    cbc = etcd_probe.build_context(str(pki.ca), ciphers="ECDHE-ECDSA-AES128-SHA", **creds)
+    refused = etcd_probe.request(server + "/health", cbc)
+    assert not refused.served and refused.error and "alert" in refused.error.lower(), refused
+    gcm = etcd_probe.build_context(str(pki.ca), ciphers="ECDHE-ECDSA-AES128-GCM-SHA256", **creds)
+    served = etcd_probe.request(server + "/health", gcm)
+    assert (
+        served.served and served.tls_version == "TLSv1.2" and served.cipher == "ECDHE-ECDSA-AES128-GCM-SHA256"
+    )
+
+
+def test_server_not_signed_by_the_given_ca_is_not_trusted(pki: Pki, server: str, tmp_path: Path) -> None:
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    other_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "other")])
+    other_ca, _ = _issue(other_key, other_name, "other", ExtendedKeyUsageOID.SERVER_AUTH)
+    (tmp_path / "other.crt").write_bytes(other_ca.public_bytes(serialization.Encoding.PEM))
+    ctx = etcd_probe.build_context(
+        str(tmp_path / "other.crt"), cert=str(pki.client_cert), key=str(pki.client_key)
+    )
+    outcome = etcd_probe.request(server + "/health", ctx)
+    assert not outcome.served and outcome.error and "CERTIFICATE_VERIFY_FAILED" in outcome.error
+
+
+def test_kv_get_through_the_cli_decodes_values(
+    pki: Pki, server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = etcd_probe.main(
+        [
+            *("kv", "get", "/k", "--endpoint", server, "--cacert", str(pki.ca)),
+            *("--cert", str(pki.client_cert), "--key", str(pki.client_key)),
+        ]
+    )
+    assert rc == 0
+    assert json.loads(json.loads(capsys.readouterr().out)["body"]) == ["stored"]
+
+
+def test_kv_requests_are_base64_json() -> None:
+    path, body = etcd_probe.kv_request("put", "/a", "b")
+    assert path == "/v3/kv/put"
+    assert json.loads(body) == {"key": "L2E=", "value": "Yg=="}
+    assert etcd_probe.kv_request("get", "/a", None)[0] == "/v3/kv/range"
+    assert etcd_probe.kv_values('{"kvs":[{"value":"Yg=="}]}') == ["b"]
+    assert etcd_probe.kv_values("{}") == []
+
+
+def test_tcp_connect_reports_a_closed_port() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    outcome = etcd_probe.tcp_connect("127.0.0.1", port)
+    assert not outcome.served and outcome.error and "refused" in outcome.error.lower()

@@ -1,0 +1,112 @@
+"""Bad input fails before any host is touched, with a message that says what to change.
+
+The inventories point at containers that do not exist: had any play reached them, the run would
+report them unreachable. Each case asserts the message and that only localhost ran anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REPO, run_playbook
+
+NEVER = {"ansible_connection": "containers.podman.podman"}
+
+
+def topology(members: dict[str, Any] | None = None) -> dict[str, Any]:
+    if members is None:
+        members = {f"never-etcd-{i}": {"etcd_address": f"192.0.2.{i}"} for i in (1, 2, 3)}
+    children: dict[str, Any] = {
+        "etcd": {"hosts": members},
+        "kube_control_plane": {"hosts": {"never-apiserver-1": {"etcd_address": "192.0.2.21"}}},
+    }
+    return {"vars": dict(NEVER), "children": children}
+
+
+BASE_VARS: dict[str, Any] = {"etcd_cluster_name": "preflight", "etcd_pki_controller_dir": "/nonexistent"}
+
+CASES: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
+    "even member count": (
+        topology({f"never-etcd-{i}": {"etcd_address": f"192.0.2.{i}"} for i in (1, 2)}),
+        {},
+        r"The cluster has 2 members; use an odd number",
+    ),
+    "no members": (
+        topology({}),
+        {},
+        r'Inventory group "etcd" \(etcd_pki_members_group\) is missing or empty',
+    ),
+    "duplicate addresses": (
+        topology({f"never-etcd-{i}": {"etcd_address": "192.0.2.9"} for i in (1, 2, 3)}),
+        {},
+        r"Two members share an etcd_address \(192\.0\.2\.9\)",
+    ),
+    "member without an address": (
+        topology(
+            {
+                "never-etcd-1": {"etcd_address": "192.0.2.1"},
+                "never-etcd-2": {"etcd_address": "192.0.2.2"},
+                "never-etcd-3": {"ansible_host": "node-without-ip.example"},
+            }
+        ),
+        {},
+        r"These members have no usable etcd_address .*: never-etcd-3\. Set etcd_address",
+    ),
+    "duplicate names ignoring case": (
+        topology(
+            {
+                "never-etcd-1": {"etcd_address": "192.0.2.1"},
+                "NEVER-ETCD-1": {"etcd_address": "192.0.2.2"},
+                "never-etcd-3": {"etcd_address": "192.0.2.3"},
+            }
+        ),
+        {},
+        r"Member names must be unique ignoring case .*: never-etcd-1\.",
+    ),
+    "leaf lifetime beyond the CA's": (
+        topology(),
+        {"etcd_pki_leaf_lifetime_days": 4000, "etcd_pki_ca_lifetime_days": 3650},
+        r"etcd_pki_leaf_lifetime_days \(4000\) must be shorter than etcd_pki_ca_lifetime_days \(3650\)",
+    ),
+    "RSA key too small": (
+        topology(),
+        {"etcd_pki_key_type": "RSA", "etcd_pki_rsa_key_size": 2048},
+        r"etcd_pki_rsa_key_size 2048 is too small: use 3072 or more",
+    ),
+    "unsupported key type": (
+        topology(),
+        {"etcd_pki_key_type": "DSA"},
+        r"etcd_pki_key_type.*must be one of: ECC, RSA, got: DSA",
+    ),
+    "unknown TLS profile": (
+        topology(),
+        {"etcd_tls_profile": "legacy"},
+        r"etcd_tls_profile.*must be one of: intermediate, modern, got: legacy",
+    ),
+    "missing apiserver group": (
+        {"vars": dict(NEVER), "children": {"etcd": topology()["children"]["etcd"]}},
+        {},
+        r'Inventory group "kube_control_plane" \(etcd_pki_clients_group\) is missing',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_fails_before_any_host_is_touched(
+    case: str, write_inventory: Callable[[dict[str, Any], dict[str, Any]], Path]
+) -> None:
+    hosts, extra_vars, expected = CASES[case]
+    inventory = write_inventory(copy.deepcopy(hosts), {**BASE_VARS, **extra_vars})
+    result = run_playbook(REPO / "playbooks/site.yml", inventory)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert re.search(expected, " ".join(output.split())), output
+    recap = output[output.rindex("PLAY RECAP") :]
+    touched = [line.split()[0] for line in recap.splitlines()[1:] if ":" in line and "ok=" in line]
+    assert touched == ["localhost"], f"hosts reached before the error: {touched}\n{output}"
