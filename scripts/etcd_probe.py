@@ -9,6 +9,7 @@ attacks the hardening must stop and the requests it must still serve:
     etcd_probe.py kv put /probe/key value --endpoint https://10.0.0.1:2379 --cacert ... --cert ... --key ...
     etcd_probe.py kv get /probe/key --endpoint ...
     etcd_probe.py tcp 10.0.0.1 2381
+    etcd_probe.py watch-writes --endpoints https://a:2379,https://b:2379 --stop-file /tmp/stop ...
 
 Every command prints one JSON object. The exit status is 0 when the request was served (an HTTP
 2xx answer, or a TCP connection), 1 when it was refused or failed, 2 for bad usage. "error" says
@@ -25,8 +26,10 @@ import select
 import socket
 import ssl
 import sys
+import time
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 TLS_VERSIONS: dict[str, ssl.TLSVersion] = {
@@ -186,6 +189,58 @@ def kv_values(body: str) -> list[str]:
     return [base64.b64decode(kv.get("value", "")).decode("utf-8", "replace") for kv in kvs]
 
 
+@dataclass
+class WriteWatch:
+    """How writes fared while something (a rolling restart) went on."""
+
+    attempts: int = 0
+    failed: int = 0
+    longest_outage_seconds: float = 0.0
+    errors: list[str] | None = None
+
+
+def watch_writes(
+    endpoints: list[str],
+    ctx: ssl.SSLContext,
+    *,
+    stop_file: str,
+    max_seconds: float,
+    interval: float = 0.2,
+    timeout: float = 2.0,
+) -> WriteWatch:
+    """Write a key every `interval` until `stop_file` exists, as an apiserver would.
+
+    Each attempt tries the endpoints in turn (like an etcd client with several endpoints) and
+    fails only when none accepts the write. The longest outage is the time from the first failed
+    attempt to the next successful one.
+    """
+    watch = WriteWatch(errors=[])
+    deadline = time.monotonic() + max_seconds
+    outage_started: float | None = None
+    while time.monotonic() < deadline and not Path(stop_file).exists():
+        watch.attempts += 1
+        path, body = kv_request("put", "/probe/watch-writes", str(watch.attempts))
+        outcomes = [request(e.rstrip("/") + path, ctx, "POST", body, timeout) for e in endpoints]
+        now = time.monotonic()
+        if any(o.served for o in outcomes):
+            if outage_started is not None:
+                watch.longest_outage_seconds = max(
+                    watch.longest_outage_seconds, round(now - outage_started, 2)
+                )
+                outage_started = None
+        else:
+            watch.failed += 1
+            outage_started = outage_started if outage_started is not None else now
+            if watch.errors is not None and len(watch.errors) < 5:
+                watch.errors.append("; ".join(str(o.error or o.status) for o in outcomes))
+        time.sleep(interval)
+    if outage_started is not None:
+        watch.longest_outage_seconds = max(
+            watch.longest_outage_seconds, round(time.monotonic() - outage_started, 2)
+        )
+    return watch
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     tls = argparse.ArgumentParser(add_help=False)
     tls.add_argument("--cacert", help="CA bundle that must have signed the server's certificate")
@@ -209,6 +264,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     kv.add_argument("key")
     kv.add_argument("value", nargs="?")
     kv.add_argument("--endpoint", required=True, help="e.g. https://10.0.0.1:2379")
+    watch = sub.add_parser("watch-writes", parents=[tls], help="keep writing until told to stop")
+    watch.add_argument("--endpoints", required=True, help="comma-separated client URLs")
+    watch.add_argument("--stop-file", required=True, help="stop once this file exists")
+    watch.add_argument("--max-seconds", type=float, default=600.0)
+    watch.add_argument("--interval", type=float, default=0.2)
     tcp = sub.add_parser("tcp", help="open a TCP connection, nothing more")
     tcp.add_argument("host")
     tcp.add_argument("port", type=int)
@@ -233,6 +293,16 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ssl.SSLError) as exc:
             print(Outcome(served=False, error=f"local: {type(exc).__name__}: {exc}").to_json())
             return 2
+        if args.command == "watch-writes":
+            watch = watch_writes(
+                args.endpoints.split(","),
+                ctx,
+                stop_file=args.stop_file,
+                max_seconds=args.max_seconds,
+                interval=args.interval,
+            )
+            print(json.dumps(asdict(watch), sort_keys=True))
+            return 0 if watch.failed == 0 else 1
         if args.command == "request":
             data = args.data.encode() if args.data is not None else None
             outcome = request(args.url, ctx, args.method, data, args.timeout)

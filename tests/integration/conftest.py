@@ -30,6 +30,15 @@ PROBE_PATH = "/usr/local/bin/etcd-probe"
 FOREIGN_DIR = "/root/foreign-ca"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "changes_cluster: changes the cluster; runs after every other test")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests that change the cluster last, whatever their file names."""
+    items.sort(key=lambda item: item.get_closest_marker("changes_cluster") is not None)
+
+
 @dataclass(frozen=True)
 class Topology:
     inventory: Path

@@ -215,3 +215,30 @@ def test_tcp_connect_reports_a_closed_port() -> None:
         port = s.getsockname()[1]
     outcome = etcd_probe.tcp_connect("127.0.0.1", port)
     assert not outcome.served and outcome.error and "refused" in outcome.error.lower()
+
+
+def test_watch_writes_counts_no_failure_while_the_server_serves(
+    pki: Pki, server: str, tmp_path: Path
+) -> None:
+    ctx = etcd_probe.build_context(str(pki.ca), cert=str(pki.client_cert), key=str(pki.client_key))
+    watch = etcd_probe.watch_writes(
+        [server], ctx, stop_file=str(tmp_path / "stop"), max_seconds=1.0, interval=0.05
+    )
+    assert watch.attempts >= 2 and watch.failed == 0 and watch.longest_outage_seconds == 0
+
+
+def test_watch_writes_measures_an_outage_when_no_endpoint_accepts(
+    pki: Pki, server: str, tmp_path: Path
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"https://127.0.0.1:{s.getsockname()[1]}"
+    ctx = etcd_probe.build_context(str(pki.ca), cert=str(pki.client_cert), key=str(pki.client_key))
+    watch = etcd_probe.watch_writes(
+        [closed], ctx, stop_file=str(tmp_path / "stop"), max_seconds=0.5, interval=0.05
+    )
+    assert watch.attempts >= 2 and watch.failed == watch.attempts
+    assert watch.longest_outage_seconds >= 0.3
+    (tmp_path / "stop").touch()
+    stopped = etcd_probe.watch_writes([server], ctx, stop_file=str(tmp_path / "stop"), max_seconds=5.0)
+    assert stopped.attempts == 0

@@ -1,0 +1,206 @@
+"""Changes to a running cluster: re-issued certificates and a TLS policy change roll through the
+members one at a time while an apiserver keeps writing, and the run logs no secret at -vvv.
+
+One playbook run makes both changes (it is the slowest thing the suite does). It leaves the
+cluster on the TLS 1.3-only profile, so conftest.py runs these tests after all the others; the
+next converge (`make lab`) puts the inventory's profile back, one member at a time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from testinfra.host import Host
+
+from conftest import APISERVER_CREDS, PROBE_PATH, REPO, Topology
+
+# conftest.py moves these tests after all others: they leave the cluster changed.
+pytestmark = pytest.mark.changes_cluster
+
+HostOf = Callable[[str], Host]
+Probe = Callable[..., dict[str, Any]]
+RESULTS = REPO / "results"
+
+
+@dataclass
+class MemberState:
+    serial: str
+    pid: str
+    started_us: int
+
+
+@dataclass
+class ChangeRun:
+    output: str
+    before: dict[str, MemberState]
+    after: dict[str, MemberState]
+    writes: dict[str, Any]
+
+
+def member_state(host: Host) -> MemberState:
+    serial = host.check_output("openssl x509 -noout -serial -in /etc/etcd/pki/server.crt")
+    pid = host.check_output("systemctl show -p MainPID --value etcd.service")
+    started = host.check_output("systemctl show -p ExecMainStartTimestampMonotonic --value etcd.service")
+    return MemberState(serial=serial, pid=pid, started_us=int(started))
+
+
+def run_site(topology: Topology, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    return subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            "-i",
+            str(topology.inventory),
+            str(REPO / "playbooks/site.yml"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        check=False,
+    )
+
+
+def change_while_writing(topology: Topology, host_of: HostOf, *args: str) -> ChangeRun:
+    """Run site.yml with `args` while the apiserver writes through every member."""
+    apiserver = topology.apiservers[0]
+    stop_file = f"/tmp/stop-writes-{uuid.uuid4()}"
+    endpoints = ",".join(f"https://{topology.addresses[m]}:2379" for m in topology.members)
+    before = {m: member_state(host_of(m)) for m in topology.members}
+    writer = subprocess.Popen(
+        [
+            "podman",
+            "exec",
+            apiserver,
+            "python3",
+            PROBE_PATH,
+            "watch-writes",
+            "--endpoints",
+            endpoints,
+            "--stop-file",
+            stop_file,
+            *APISERVER_CREDS,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        result = run_site(topology, *args)
+    finally:
+        subprocess.run(["podman", "exec", apiserver, "touch", stop_file], check=True)
+        stdout, _ = writer.communicate(timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-20000:]
+    after = {m: member_state(host_of(m)) for m in topology.members}
+    return ChangeRun(output=output, before=before, after=after, writes=json.loads(stdout))
+
+
+def record(name: str, topology: Topology, run: ChangeRun) -> None:
+    """Keep the measured figures (results/ is git-ignored) for the closing notes and the README."""
+    RESULTS.mkdir(exist_ok=True)
+    restarts = sorted(s.started_us for s in run.after.values())
+    gaps = [round((b - a) / 1e6, 1) for a, b in itertools.pairwise(restarts)]
+    (RESULTS / f"rolling-{name}-{topology.inventory.parent.parent.name}.json").write_text(
+        json.dumps({"writes": run.writes, "seconds_between_restarts": gaps}, indent=2) + "\n"
+    )
+
+
+def assert_rolled_one_member_at_a_time(run: ChangeRun) -> None:
+    for member, state in run.after.items():
+        assert state.pid != run.before[member].pid, f"{member} was not restarted"
+    restarts = sorted(s.started_us for s in run.after.values())
+    gaps = [(b - a) / 1e6 for a, b in itertools.pairwise(restarts)]
+    # Each restart waits for the previous member's health check over mTLS, which takes more
+    # than a second through Ansible; members restarted together would start within milliseconds.
+    assert all(g >= 1.0 for g in gaps), f"members restarted too close together: {gaps} s apart"
+    assert run.writes["attempts"] > 10, run.writes
+    # A restarted leader costs one election (about a second here); never a lost quorum.
+    assert run.writes["longest_outage_seconds"] <= 5.0, run.writes
+
+
+def etcd_version(host: Host) -> tuple[int, ...]:
+    match = re.search(r"etcd Version: ([0-9.]+)", host.check_output("etcd --version"))
+    assert match
+    return tuple(int(p) for p in match.group(1).split("."))
+
+
+@pytest.fixture(scope="module")
+def supports_tls13_only(topology: Topology, host_of: HostOf) -> bool:
+    return etcd_version(host_of(topology.members[0])) >= (3, 5)
+
+
+@pytest.fixture(scope="module")
+def reissue(topology: Topology, host_of: HostOf, supports_tls13_only: bool) -> ChangeRun:
+    # Certificates expiring within 366 days are due, so every one is re-issued; where etcd can,
+    # the TLS policy changes too. The run is verbose so its log can be searched for secrets.
+    profile = ["-e", "etcd_tls_profile=modern"] if supports_tls13_only else []
+    run = change_while_writing(
+        topology,
+        host_of,
+        "-vvv",
+        "-e",
+        "etcd_pki_leaf_lifetime_days=400",
+        "-e",
+        "etcd_pki_renewal_days=366",
+        *profile,
+    )
+    record("reissue", topology, run)
+    return run
+
+
+def test_reissue_gives_every_member_a_new_certificate(reissue: ChangeRun) -> None:
+    for member, state in reissue.after.items():
+        assert state.serial != reissue.before[member].serial, f"{member} kept its certificate"
+
+
+def test_reissue_restarts_members_one_at_a_time_while_writes_go_on(reissue: ChangeRun) -> None:
+    assert_rolled_one_member_at_a_time(reissue)
+
+
+def test_verbose_run_logs_no_private_key_and_no_passphrase(reissue: ChangeRun, topology: Topology) -> None:
+    assert "Restart | Restart etcd on" in reissue.output, "the run did not restart anything"
+    assert not re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY-----", reissue.output)
+    passphrase = str(topology.cluster_vars.get("etcd_pki_ca_passphrase", ""))
+    if passphrase:
+        assert passphrase not in reissue.output
+
+
+def test_every_member_is_healthy_after_the_changes(
+    topology: Topology, probe: Probe, reissue: ChangeRun
+) -> None:
+    for member in topology.members:
+        outcome = probe(
+            topology.apiservers[0],
+            "request",
+            f"https://{topology.addresses[member]}:2379/health",
+            *APISERVER_CREDS,
+        )
+        assert outcome["served"] and '"health":"true"' in outcome["body"], outcome
+
+
+def test_tls13_only_profile_refuses_tls12_and_serves_tls13(
+    topology: Topology, probe: Probe, reissue: ChangeRun, supports_tls13_only: bool
+) -> None:
+    if not supports_tls13_only:
+        # etcd 3.4 cannot enforce it: the play must say so instead of weakening the policy.
+        result = run_site(topology, "--check", "-e", "etcd_tls_profile=modern")
+        output = " ".join((result.stdout + result.stderr).split())
+        assert result.returncode != 0 and "cannot be limited to TLS 1.3" in output, output[-5000:]
+        return
+    url = f"https://{topology.addresses[topology.members[0]]}:2379/health"
+    served = probe(topology.apiservers[0], "request", url, *APISERVER_CREDS, "--tls-version", "1.3")
+    assert served["served"] and served["tls_version"] == "TLSv1.3", served
+    refused = probe(topology.apiservers[0], "request", url, *APISERVER_CREDS, "--tls-version", "1.2")
+    assert not refused["served"] and "alert" in (refused["error"] or "").lower(), refused
