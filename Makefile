@@ -7,10 +7,10 @@ SHELL := /bin/bash
 
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
-STAMPS := $(CURDIR)/.lab/stamps
 
 # Debian packages the lab, the tests and the image build need on the controller.
-APT_PACKAGES := podman runc netavark aardvark-dns slirp4netns uidmap fuse-overlayfs \
+# netavark drives iptables to wire container networks, but does not depend on it.
+APT_PACKAGES := podman runc netavark aardvark-dns iptables slirp4netns uidmap fuse-overlayfs \
 	mmdebstrap nftables openssl python3-venv ca-certificates
 
 # Every target runs with the project's tools first on PATH and with podman configured by the

@@ -45,7 +45,7 @@ def playbook_stats(json_output: str) -> tuple[int, int, int]:
 def ansible_playbook(inventory: Path, playbook: str, *args: str, json_stats: bool) -> tuple[float, str]:
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     if json_stats:
-        env.update(ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_CALLBACKS_ENABLED="")
+        env.update(ANSIBLE_STDOUT_CALLBACK="ansible.posix.json")
     started = time.monotonic()
     result = subprocess.run(
         ["ansible-playbook", "-i", str(inventory), str(REPO / playbook), *args],
