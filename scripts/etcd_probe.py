@@ -207,38 +207,73 @@ def watch_writes(
     max_seconds: float,
     interval: float = 0.2,
     timeout: float = 2.0,
+    one_connection: bool = False,
 ) -> WriteWatch:
     """Write a key every `interval` until `stop_file` exists, as an apiserver would.
 
     Each attempt tries the endpoints in turn (like an etcd client with several endpoints) and
-    fails only when none accepts the write. The longest outage is the time from the first failed
-    attempt to the next successful one.
+    fails only when none accepts the write. With `one_connection`, every write goes over one TLS
+    connection to the first endpoint that is never re-opened: once it is cut, every later write
+    fails. The longest outage is the time from the first failed attempt to the next success.
     """
     watch = WriteWatch(errors=[])
+    held = _HeldConnection(endpoints[0], ctx, timeout) if one_connection else None
     deadline = time.monotonic() + max_seconds
     outage_started: float | None = None
-    while time.monotonic() < deadline and not Path(stop_file).exists():
-        watch.attempts += 1
-        path, body = kv_request("put", "/probe/watch-writes", str(watch.attempts))
-        outcomes = [request(e.rstrip("/") + path, ctx, "POST", body, timeout) for e in endpoints]
-        now = time.monotonic()
-        if any(o.served for o in outcomes):
-            if outage_started is not None:
-                watch.longest_outage_seconds = max(
-                    watch.longest_outage_seconds, round(now - outage_started, 2)
-                )
-                outage_started = None
-        else:
-            watch.failed += 1
-            outage_started = outage_started if outage_started is not None else now
-            if watch.errors is not None and len(watch.errors) < 5:
-                watch.errors.append("; ".join(str(o.error or o.status) for o in outcomes))
-        time.sleep(interval)
+    try:
+        while time.monotonic() < deadline and not Path(stop_file).exists():
+            watch.attempts += 1
+            path, body = kv_request("put", "/probe/watch-writes", str(watch.attempts))
+            if held is not None:
+                outcomes = [held.post(path, body)]
+            else:
+                outcomes = [request(e.rstrip("/") + path, ctx, "POST", body, timeout) for e in endpoints]
+            now = time.monotonic()
+            if any(o.served for o in outcomes):
+                if outage_started is not None:
+                    watch.longest_outage_seconds = max(
+                        watch.longest_outage_seconds, round(now - outage_started, 2)
+                    )
+                    outage_started = None
+            else:
+                watch.failed += 1
+                outage_started = outage_started if outage_started is not None else now
+                if watch.errors is not None and len(watch.errors) < 5:
+                    watch.errors.append("; ".join(str(o.error or o.status) for o in outcomes))
+            time.sleep(interval)
+    finally:
+        if held is not None:
+            held.close()
     if outage_started is not None:
         watch.longest_outage_seconds = max(
             watch.longest_outage_seconds, round(time.monotonic() - outage_started, 2)
         )
     return watch
+
+
+class _HeldConnection:
+    """One keep-alive HTTPS connection that is never silently re-opened."""
+
+    def __init__(self, endpoint: str, ctx: ssl.SSLContext, timeout: float) -> None:
+        parts = urlsplit(endpoint)
+        self._conn = http.client.HTTPSConnection(
+            parts.hostname or "", parts.port or 443, context=ctx, timeout=timeout
+        )
+        self._conn.connect()
+        # http.client re-connects on its own when a connection was closed; that would hide a cut.
+        self._conn.auto_open = 0
+
+    def post(self, path: str, body: bytes) -> Outcome:
+        try:
+            self._conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            response = self._conn.getresponse()
+            text = response.read().decode("utf-8", "replace")
+            return Outcome(served=200 <= response.status < 300, status=response.status, body=text)
+        except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+            return Outcome(served=False, error=f"{type(exc).__name__}: {exc}")
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -269,6 +304,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     watch.add_argument("--stop-file", required=True, help="stop once this file exists")
     watch.add_argument("--max-seconds", type=float, default=600.0)
     watch.add_argument("--interval", type=float, default=0.2)
+    watch.add_argument(
+        "--one-connection", action="store_true", help="all writes over one connection, never re-opened"
+    )
     tcp = sub.add_parser("tcp", help="open a TCP connection, nothing more")
     tcp.add_argument("host")
     tcp.add_argument("port", type=int)
@@ -300,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 stop_file=args.stop_file,
                 max_seconds=args.max_seconds,
                 interval=args.interval,
+                one_connection=args.one_connection,
             )
             print(json.dumps(asdict(watch), sort_keys=True))
             return 0 if watch.failed == 0 else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import http.server
 import json
@@ -120,10 +121,29 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def server(pki: Pki) -> Iterator[str]:
+class _KeepAliveHandler(_Handler):
+    """Keeps connections open (as etcd does) and counts the connections it accepted."""
+
+    protocol_version = "HTTP/1.1"
+    connections = 0
+    close_after: int | None = None
+
+    def setup(self) -> None:
+        super().setup()
+        type(self).connections += 1
+        self._served = 0
+
+    def _answer(self, body: bytes) -> None:
+        super()._answer(body)
+        self._served += 1
+        if self.close_after is not None and self._served >= self.close_after:
+            self.close_connection = True
+
+
+@contextlib.contextmanager
+def _serve(pki: Pki, handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
     """An mTLS server like etcd's client port: TLS 1.2+, AEAD suites, client cert required."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     # Capped at 1.2 so a refused client certificate fails inside the handshake: under TLS 1.3
@@ -136,8 +156,16 @@ def server(pki: Pki) -> Iterator[str]:
     httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"https://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    try:
+        yield f"https://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(pki: Pki) -> Iterator[str]:
+    with _serve(pki, _Handler) as url:
+        yield url
 
 
 def test_served_with_a_client_certificate(pki: Pki, server: str) -> None:
@@ -242,3 +270,26 @@ def test_watch_writes_measures_an_outage_when_no_endpoint_accepts(
     (tmp_path / "stop").touch()
     stopped = etcd_probe.watch_writes([server], ctx, stop_file=str(tmp_path / "stop"), max_seconds=5.0)
     assert stopped.attempts == 0
+
+
+@pytest.mark.parametrize("close_after", [None, 3])
+def test_one_connection_writes_never_reopen_a_cut_connection(
+    pki: Pki, tmp_path: Path, close_after: int | None
+) -> None:
+    class Handler(_KeepAliveHandler):
+        pass
+
+    Handler.close_after = close_after
+    handler = Handler
+    ctx = etcd_probe.build_context(str(pki.ca), cert=str(pki.client_cert), key=str(pki.client_key))
+    with _serve(pki, handler) as url:
+        watch = etcd_probe.watch_writes(
+            [url], ctx, stop_file=str(tmp_path / "stop"), max_seconds=0.6, interval=0.05, one_connection=True
+        )
+    assert handler.connections == 1
+    assert watch.attempts >= 5
+    if close_after is None:
+        assert watch.failed == 0, watch
+    else:
+        # The server closed the connection after its third answer: every later write fails.
+        assert watch.failed == watch.attempts - close_after, watch
