@@ -68,8 +68,8 @@ lab-down: venv
 lint: venv
 	yamllint --strict .
 	ansible-lint
-	ruff check scripts tests
-	ruff format --check scripts tests
+	ruff check scripts tests roles
+	ruff format --check scripts tests roles
 	mypy
 	mypy tests/unit
 	mypy tests/integration

@@ -89,6 +89,22 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
         {"etcd_tls_profile": "legacy"},
         r"etcd_tls_profile.*must be one of: intermediate, modern, got: legacy",
     ),
+    "apiserver known only by name": (
+        {
+            "vars": dict(NEVER),
+            "children": {
+                "etcd": topology()["children"]["etcd"],
+                "kube_control_plane": {"hosts": {"never-apiserver-1": {"ansible_host": "api.example"}}},
+            },
+        },
+        {},
+        r"nftables needs addresses, not names, and these hosts have none: never-apiserver-1\.",
+    ),
+    "firewall source that is not an address": (
+        topology(),
+        {"etcd_firewall_client_extra_sources": ["192.0.2.50", "backup.example"]},
+        r"etcd_firewall_client_extra_sources and etcd_firewall_metrics_sources take .*: backup\.example\.",
+    ),
     "missing apiserver group": (
         {"vars": dict(NEVER), "children": {"etcd": topology()["children"]["etcd"]}},
         {},
