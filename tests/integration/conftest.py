@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,25 @@ def host_of() -> Callable[[str], Host]:
     return get
 
 
+def run_site(topology: Topology, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run playbooks/site.yml against the topology's inventory, as an operator would."""
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    return subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            "-i",
+            str(topology.inventory),
+            str(REPO / "playbooks/site.yml"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        check=False,
+    )
+
+
 def podman(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["podman", *args], check=True, capture_output=True, text=True)
 
@@ -154,10 +174,11 @@ MEMBER_PEER_CREDS = (
 
 @pytest.fixture(scope="session")
 def foreign_client_cert(topology: Topology) -> Iterator[tuple[str, ...]]:
-    """A throwaway "kubernetes" CA and a client certificate it signed, on the untrusted host.
+    """A throwaway "kubernetes" CA and a client certificate it signed, on the apiserver host.
 
     This is the classic mistake CIS 2.7 is about: a certificate from the cluster's other CA must
-    not open etcd.
+    not open etcd. It sits on the apiserver host because the firewall lets only that host reach
+    the client port: this is the attack left once the network is open.
     """
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
@@ -176,7 +197,7 @@ def foreign_client_cert(topology: Topology) -> Iterator[tuple[str, ...]]:
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    attacker = topology.untrusted[0]
+    attacker = topology.apiservers[0]
     files = {
         "client.crt": client_cert.public_bytes(serialization.Encoding.PEM),
         "client.key": client_key.private_bytes(

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from testinfra.host import Host
 
-from conftest import APISERVER_CREDS, PROBE_PATH, REPO, Topology
+from conftest import APISERVER_CREDS, PROBE_PATH, REPO, Topology, run_site
 
 # conftest.py moves these tests after all others: they leave the cluster changed.
 pytestmark = pytest.mark.changes_cluster
@@ -53,24 +50,6 @@ def member_state(host: Host) -> MemberState:
     pid = host.check_output("systemctl show -p MainPID --value etcd.service")
     started = host.check_output("systemctl show -p ExecMainStartTimestampMonotonic --value etcd.service")
     return MemberState(serial=serial, pid=pid, started_us=int(started))
-
-
-def run_site(topology: Topology, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    return subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            str(topology.inventory),
-            str(REPO / "playbooks/site.yml"),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        check=False,
-    )
 
 
 def change_while_writing(topology: Topology, host_of: HostOf, *args: str) -> ChangeRun:

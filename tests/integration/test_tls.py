@@ -89,9 +89,8 @@ def test_client_port_refuses_tls_without_a_client_certificate(topology: Topology
 def test_client_port_refuses_a_client_certificate_from_another_ca(
     topology: Topology, probe: Probe, foreign_client_cert: tuple[str, ...]
 ) -> None:
-    attacker = topology.untrusted[0]
     url = client_url(topology, topology.members[0])
-    outcome = probe(attacker, "request", url, "--no-verify", *foreign_client_cert)
+    outcome = probe(topology.apiservers[0], "request", url, "--no-verify", *foreign_client_cert)
     assert_refused_by_server(outcome, "unknown ca", "bad certificate", "decrypt error")
 
 
@@ -137,25 +136,30 @@ def test_peer_port_serves_a_member_peer_certificate(topology: Topology, probe: P
     assert_served(outcome)
 
 
-def test_peer_port_refuses_the_apiserver_client_certificate(topology: Topology, probe: Probe) -> None:
-    apiserver_cert = APISERVER_CREDS[2:]
+# The firewall lets only members reach the peer port, so these attacks come from a member that
+# leaves its peer credentials aside: mTLS must hold on its own.
+
+
+def test_peer_port_refuses_a_certificate_from_the_client_ca(topology: Topology, probe: Probe) -> None:
+    # The admin certificate is a valid client certificate of this cluster (the apiservers' CA).
+    client_ca_cert = ("--cert", "/etc/etcd/pki/admin.crt", "--key", "/etc/etcd/pki/admin.key")
     outcome = probe(
-        topology.apiservers[0],
+        topology.members[1],
         "request",
         peer_url(topology, topology.members[0]),
         "--no-verify",
-        *apiserver_cert,
+        *client_ca_cert,
     )
     assert_refused_by_server(outcome, "unknown ca", "bad certificate", "certificate unknown")
 
 
 def test_peer_port_refuses_tls_without_a_client_certificate(topology: Topology, probe: Probe) -> None:
-    outcome = probe(topology.untrusted[0], "request", peer_url(topology, topology.members[0]), "--no-verify")
+    outcome = probe(topology.members[1], "request", peer_url(topology, topology.members[0]), "--no-verify")
     assert_refused_by_server(outcome, "certificate required", "bad certificate", "handshake failure")
 
 
 def test_peer_port_refuses_plain_http(topology: Topology, probe: Probe) -> None:
-    outcome = probe(topology.untrusted[0], "request", peer_url(topology, topology.members[0], scheme="http"))
+    outcome = probe(topology.members[1], "request", peer_url(topology, topology.members[0], scheme="http"))
     assert not outcome["served"], outcome
     assert outcome["status"] in (None, 400), outcome
 

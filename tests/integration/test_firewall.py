@@ -1,0 +1,215 @@
+"""The nftables lockdown: only apiservers (and members) reach the client port, only members the peer
+port, nobody but loopback the metrics port; the host's own rules are left alone.
+
+A dropped connection times out, while a closed port answers at once with a reset: each "blocked"
+assertion is paired with a control to a closed port on the same host, so a timeout cannot come from
+a host that is down or unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from testinfra.host import Host
+
+from conftest import APISERVER_CREDS, PROBE_PATH, Topology, run_site
+
+HostOf = Callable[[str], Host]
+Probe = Callable[..., dict[str, Any]]
+
+CLIENT, PEER, METRICS = 2379, 2380, 2381
+CLOSED = 2382  # nothing listens there and the etcd firewall does not cover it
+TABLE = "etcd_firewall"
+# Long enough for a reset to come back from a loaded container, short enough for many probes.
+CONNECT_TIMEOUT = "1.5"
+
+
+def connect(probe: Probe, on: str, address: str, port: int) -> dict[str, Any]:
+    return probe(on, "tcp", address, str(port), "--timeout", CONNECT_TIMEOUT)
+
+
+def assert_dropped(probe: Probe, on: str, address: str, port: int) -> None:
+    control = connect(probe, on, address, CLOSED)
+    assert "refused" in (control["error"] or "").lower(), f"control: {address} does not answer: {control}"
+    outcome = connect(probe, on, address, port)
+    assert not outcome["served"], f"{on} reached {address}:{port}: {outcome}"
+    assert "timed out" in (outcome["error"] or ""), f"expected a silent drop: {outcome}"
+
+
+def assert_connects(probe: Probe, on: str, address: str, port: int) -> None:
+    outcome = connect(probe, on, address, port)
+    assert outcome["served"], f"{on} cannot reach {address}:{port}: {outcome}"
+
+
+def table(host: Host, name: str = TABLE) -> str:
+    return str(host.run(f"nft --stateless list table inet {name}").stdout)
+
+
+def changed_count(output: str, host: str) -> int:
+    match = re.search(rf"^{re.escape(host)}\s*: ok=\d+\s+changed=(\d+)", output, re.MULTILINE)
+    assert match, f"no recap line for {host}:\n{output[-3000:]}"
+    return int(match.group(1))
+
+
+# --- who reaches what -------------------------------------------------------------------------
+
+
+def test_an_untrusted_host_reaches_no_etcd_port(topology: Topology, probe: Probe) -> None:
+    attacker = topology.untrusted[0]
+    for member in topology.members:
+        for port in (CLIENT, PEER, METRICS):
+            assert_dropped(probe, attacker, topology.addresses[member], port)
+
+
+def test_an_apiserver_reaches_the_client_port_only(topology: Topology, probe: Probe) -> None:
+    apiserver = topology.apiservers[0]
+    for member in topology.members:
+        address = topology.addresses[member]
+        endpoint = f"https://{address}:{CLIENT}"
+        key = f"/firewall/{member}"
+        written = probe(apiserver, "kv", "put", key, "ok", "--endpoint", endpoint, *APISERVER_CREDS)
+        assert written["served"], written
+        for port in (PEER, METRICS):
+            assert_dropped(probe, apiserver, address, port)
+
+
+def test_members_reach_each_others_peer_port(topology: Topology, probe: Probe) -> None:
+    for member in topology.members:
+        for other in topology.members:
+            if other != member:
+                assert_connects(probe, member, topology.addresses[other], PEER)
+
+
+def test_the_hosts_own_firewall_table_is_left_alone(topology: Topology, host_of: HostOf) -> None:
+    # playbooks/lab_up.yml made it before the first run; converge and idempotence have run since.
+    for member in topology.members:
+        assert 'comment "host firewall: ssh"' in table(host_of(member), "host_firewall"), member
+
+
+def test_the_table_is_loaded_at_boot_before_etcd(topology: Topology, host_of: HostOf) -> None:
+    for member in topology.members:
+        host = host_of(member)
+        assert host.service("etcd-firewall.service").is_enabled, member
+        requires = host.check_output("systemctl show -p Requires -p After --value etcd.service")
+        assert "etcd-firewall.service" in requires, f"{member}: etcd does not wait for its firewall"
+
+
+# --- changes to a running cluster -------------------------------------------------------------
+
+
+@pytest.fixture
+def held_writes(topology: Topology) -> Iterator[Callable[[], dict[str, Any]]]:
+    """An apiserver writing over one long-lived connection, never re-opened; call it to stop."""
+    apiserver, member = topology.apiservers[0], topology.members[0]
+    stop_file = f"/tmp/stop-writes-{uuid.uuid4()}"
+    writer = subprocess.Popen(
+        [
+            "podman", "exec", apiserver, "python3", PROBE_PATH, "watch-writes", "--one-connection",
+            "--endpoints", f"https://{topology.addresses[member]}:{CLIENT}", "--stop-file", stop_file,
+            *APISERVER_CREDS,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+    def stop() -> dict[str, Any]:
+        subprocess.run(["podman", "exec", apiserver, "touch", stop_file], check=True)
+        stdout, _ = writer.communicate(timeout=60)
+        result: dict[str, Any] = json.loads(stdout)
+        return result
+
+    yield stop
+    if writer.poll() is None:
+        stop()
+
+
+@pytest.mark.changes_cluster
+def test_a_new_apiserver_is_let_in_and_out_without_cutting_connections(
+    topology: Topology, probe: Probe, held_writes: Callable[[], dict[str, Any]], tmp_path: Path
+) -> None:
+    newcomer = topology.untrusted[0]
+    address = topology.addresses[topology.members[0]]
+    extra = tmp_path / "newcomer.yml"
+    extra.write_text(f"all:\n  children:\n    kube_control_plane:\n      hosts:\n        {newcomer}: {{}}\n")
+
+    added = run_site(topology, "--tags", "firewall", "-i", str(extra))
+    let_in = connect(probe, newcomer, address, CLIENT)
+    removed = run_site(topology, "--tags", "firewall")
+    writes = held_writes()
+
+    assert added.returncode == 0, added.stdout[-5000:]
+    assert removed.returncode == 0, removed.stdout[-5000:]
+    assert let_in["served"], f"the new apiserver {newcomer} was not let in: {let_in}"
+    assert_dropped(probe, newcomer, address, CLIENT)
+    assert writes["attempts"] > 10 and writes["failed"] == 0, f"the open connection was cut: {writes}"
+
+
+@pytest.mark.changes_cluster
+def test_check_mode_reports_a_deleted_rule_and_a_run_restores_it(
+    topology: Topology, host_of: HostOf, probe: Probe
+) -> None:
+    member, apiserver = topology.members[0], topology.apiservers[0]
+    host = host_of(member)
+    wanted = table(host)
+    handles = host.check_output(f"nft --handle list chain inet {TABLE} input")
+    handle = re.search(r"tcp dport 2379 ip saddr @clients_v4 accept # handle (\d+)", handles)
+    assert handle, handles
+    host.check_output(f"nft delete rule inet {TABLE} input handle {handle.group(1)}")
+    assert_dropped(probe, apiserver, topology.addresses[member], CLIENT)
+
+    checked = run_site(topology, "--tags", "firewall", "--check", "--diff")
+    drifted = table(host)
+    repaired = run_site(topology, "--tags", "firewall")
+
+    assert checked.returncode == 0, checked.stdout[-5000:]
+    assert changed_count(checked.stdout, member) == 1, checked.stdout[-5000:]
+    assert "+\t\ttcp dport 2379 ip saddr @clients_v4 accept" in checked.stdout
+    assert all(changed_count(checked.stdout, m) == 0 for m in topology.members[1:])
+    assert drifted != wanted, "check mode changed the live table"
+    assert repaired.returncode == 0, repaired.stdout[-5000:]
+    assert changed_count(repaired.stdout, member) == 1
+    assert table(host) == wanted
+    assert_connects(probe, apiserver, topology.addresses[member], CLIENT)
+
+
+@pytest.mark.changes_cluster
+def test_a_rebooted_member_loads_its_table_before_etcd(
+    topology: Topology, host_of: HostOf, probe: Probe
+) -> None:
+    member = topology.members[-1]
+    subprocess.run(["podman", "restart", member], check=True, capture_output=True)
+    host = host_of(member)
+    state = ""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and state not in ("running", "degraded"):
+        # The first execs after a restart can fail while the container's init comes up.
+        state = host.run("systemctl is-system-running --wait").stdout.strip()
+        time.sleep(0 if state else 1)
+    assert state == "running", f"{member} did not boot cleanly: {state}"
+
+    assert "tcp dport 2380 ip saddr @peers_v4 accept" in table(host)
+    loaded = int(host.check_output("systemctl show -p ActiveEnterTimestampMonotonic --value etcd-firewall"))
+    started = int(host.check_output("systemctl show -p ExecMainStartTimestampMonotonic --value etcd"))
+    assert 0 < loaded < started, f"etcd started at {started} µs, its firewall at {loaded} µs"
+    assert_dropped(probe, topology.untrusted[0], topology.addresses[member], CLIENT)
+    health: dict[str, Any] = {}
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not health.get("served"):
+        health = probe(
+            topology.members[0],
+            "request",
+            f"https://{topology.addresses[member]}:{CLIENT}/health",
+            "--cacert", "/etc/etcd/pki/ca.crt",
+            "--cert", "/etc/etcd/pki/healthcheck-client.crt",
+            "--key", "/etc/etcd/pki/healthcheck-client.key",
+        )  # fmt: skip
+        time.sleep(0 if health["served"] else 2)
+    assert health["served"], f"{member} is not healthy after the reboot: {health}"
