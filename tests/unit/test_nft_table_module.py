@@ -122,7 +122,9 @@ def test_counters_are_not_drift(netns: Netns, tmp_path: Path) -> None:
     module(netns, tmp_path, name="guard", script=script % "10.0.0.1")
     # Packets through lo make the counter non-zero in the live table, never in a fresh namespace.
     netns("ip", "link", "set", "lo", "up")
-    netns(sys.executable, "-c", "import socket; socket.socket().connect_ex(('127.0.0.1', 2380))")
+    # The drop rule makes the connection hang: a short timeout, not the kernel's two minutes.
+    connect = "import socket; s = socket.socket(); s.settimeout(0.5); s.connect_ex(('127.0.0.1', 2380))"
+    netns(sys.executable, "-c", connect)
 
     again = module(netns, tmp_path, name="guard", script=script % "10.0.0.1")
 
