@@ -12,6 +12,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +34,20 @@ FOREIGN_DIR = "/root/foreign-ca"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "changes_cluster: changes the cluster; runs after every other test")
+    config.addinivalue_line(
+        "markers",
+        "changes_cluster(order=0): changes the cluster; runs after every other test, lowest order first",
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the tests that change the cluster last, whatever their file names."""
-    items.sort(key=lambda item: item.get_closest_marker("changes_cluster") is not None)
+    """Run the tests that change the cluster last, whatever their file names, in their given order."""
+
+    def rank(item: pytest.Item) -> int:
+        marker = item.get_closest_marker("changes_cluster")
+        return -1 if marker is None else int(marker.kwargs.get("order", 0))
+
+    items.sort(key=rank)
 
 
 @dataclass(frozen=True)
@@ -48,10 +58,15 @@ class Topology:
     untrusted: list[str]
     addresses: dict[str, str]
     cluster_vars: dict[str, Any]
+    host_vars: dict[str, dict[str, Any]]
 
     @property
     def all_hosts(self) -> list[str]:
         return self.members + self.apiservers + self.untrusted
+
+    def var(self, host: str, name: str, default: object = None) -> object:
+        """A variable as the inventory sets it for a host: its own value, else the cluster's."""
+        return self.host_vars.get(host, {}).get(name, self.cluster_vars.get(name, default))
 
 
 def _group_hosts(tree: dict[str, Any], group: str) -> dict[str, dict[str, Any]]:
@@ -81,6 +96,7 @@ def load_topology(inventory: Path) -> Topology:
         untrusted=list(groups["untrusted"]),
         addresses=addresses,
         cluster_vars=cluster_vars or {},
+        host_vars={host: hostvars for hosts in groups.values() for host, hostvars in hosts.items()},
     )
 
 
@@ -214,3 +230,115 @@ def foreign_client_cert(topology: Topology) -> Iterator[tuple[str, ...]]:
             check=True,
         )
     yield ("--cert", f"{FOREIGN_DIR}/client.crt", "--key", f"{FOREIGN_DIR}/client.key")
+
+
+@dataclass
+class MemberState:
+    serial: str
+    pid: str
+    started_us: int
+
+
+@dataclass
+class ChangeRun:
+    output: str
+    before: dict[str, MemberState]
+    after: dict[str, MemberState]
+    writes: dict[str, Any]
+
+
+def member_state(host: Host) -> MemberState:
+    serial = host.check_output("openssl x509 -noout -serial -in /etc/etcd/pki/server.crt")
+    pid = host.check_output("systemctl show -p MainPID --value etcd.service")
+    started = host.check_output("systemctl show -p ExecMainStartTimestampMonotonic --value etcd.service")
+    return MemberState(serial=serial, pid=pid, started_us=int(started))
+
+
+def change_while_writing(topology: Topology, host_of: Callable[[str], Host], *args: str) -> ChangeRun:
+    """Run site.yml with `args` while the apiserver writes through every member."""
+    apiserver = topology.apiservers[0]
+    stop_file = f"/tmp/stop-writes-{uuid.uuid4()}"
+    endpoints = ",".join(f"https://{topology.addresses[m]}:2379" for m in topology.members)
+    before = {m: member_state(host_of(m)) for m in topology.members}
+    writer = subprocess.Popen(
+        [
+            "podman",
+            "exec",
+            apiserver,
+            "python3",
+            PROBE_PATH,
+            "watch-writes",
+            "--endpoints",
+            endpoints,
+            "--stop-file",
+            stop_file,
+            *APISERVER_CREDS,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        result = run_site(topology, *args)
+    finally:
+        subprocess.run(["podman", "exec", apiserver, "touch", stop_file], check=True)
+        stdout, _ = writer.communicate(timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-20000:]
+    after = {m: member_state(host_of(m)) for m in topology.members}
+    return ChangeRun(output=output, before=before, after=after, writes=json.loads(stdout))
+
+
+def wait_for_boot(host: Host, timeout: float = 120) -> str:
+    """Wait until systemd in a (re)started container has finished booting; returns its state."""
+    state = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and state not in ("running", "degraded"):
+        # The first execs after a restart can fail while the container's init comes up.
+        state = host.run("systemctl is-system-running --wait").stdout.strip()
+        time.sleep(0 if state else 1)
+    return state
+
+
+@dataclass(frozen=True)
+class Rebooted:
+    member: str
+    # The host's CLOCK_MONOTONIC (shared with its containers) just before the restart, in µs.
+    restarted_after_us: int
+    boot_state: str
+
+
+def storage_mode(topology: Topology, member: str) -> str:
+    return str(topology.var(member, "etcd_storage_mode", "disk"))
+
+
+@pytest.fixture(scope="session")
+def marker(topology: Topology, probe: Callable[..., ProbeResult]) -> str:
+    """A unique value written through etcd by the apiserver, to be looked for on disks and members."""
+    value = f"marker-{uuid.uuid4()}"
+    endpoint = f"https://{topology.addresses[topology.members[0]]}:2379"
+    written = probe(
+        topology.apiservers[0],
+        "kv",
+        "put",
+        "/storage/marker",
+        value,
+        "--endpoint",
+        endpoint,
+        *APISERVER_CREDS,
+    )
+    assert written["served"], written
+    return value
+
+
+@pytest.fixture(scope="session")
+def rebooted_member(topology: Topology, host_of: Callable[[str], Host], marker: str) -> Rebooted:
+    """Restart the last member's container: a reboot, which empties a RAM disk.
+
+    Shared by the firewall tests (the table is back before etcd) and the storage tests (an emptied
+    member refuses to start; a re-run rejoins it). The marker is written before, so that the
+    rejoined member must fetch it from its peers.
+    """
+    member = topology.members[-1]
+    before_us = int(time.monotonic() * 1e6)  # CLOCK_MONOTONIC, as systemd and journald use
+    podman("restart", member)
+    return Rebooted(member=member, restarted_after_us=before_us, boot_state=wait_for_boot(host_of(member)))

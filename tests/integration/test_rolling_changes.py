@@ -11,79 +11,21 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import subprocess
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from testinfra.host import Host
 
-from conftest import APISERVER_CREDS, PROBE_PATH, REPO, Topology, run_site
+from conftest import APISERVER_CREDS, REPO, ChangeRun, Topology, change_while_writing, run_site
 
-# conftest.py moves these tests after all others: they leave the cluster changed.
-pytestmark = pytest.mark.changes_cluster
+# conftest.py moves these tests after all others (the storage tests' rejoin too): they leave the
+# cluster changed.
+pytestmark = pytest.mark.changes_cluster(order=2)
 
 HostOf = Callable[[str], Host]
 Probe = Callable[..., dict[str, Any]]
 RESULTS = REPO / "results"
-
-
-@dataclass
-class MemberState:
-    serial: str
-    pid: str
-    started_us: int
-
-
-@dataclass
-class ChangeRun:
-    output: str
-    before: dict[str, MemberState]
-    after: dict[str, MemberState]
-    writes: dict[str, Any]
-
-
-def member_state(host: Host) -> MemberState:
-    serial = host.check_output("openssl x509 -noout -serial -in /etc/etcd/pki/server.crt")
-    pid = host.check_output("systemctl show -p MainPID --value etcd.service")
-    started = host.check_output("systemctl show -p ExecMainStartTimestampMonotonic --value etcd.service")
-    return MemberState(serial=serial, pid=pid, started_us=int(started))
-
-
-def change_while_writing(topology: Topology, host_of: HostOf, *args: str) -> ChangeRun:
-    """Run site.yml with `args` while the apiserver writes through every member."""
-    apiserver = topology.apiservers[0]
-    stop_file = f"/tmp/stop-writes-{uuid.uuid4()}"
-    endpoints = ",".join(f"https://{topology.addresses[m]}:2379" for m in topology.members)
-    before = {m: member_state(host_of(m)) for m in topology.members}
-    writer = subprocess.Popen(
-        [
-            "podman",
-            "exec",
-            apiserver,
-            "python3",
-            PROBE_PATH,
-            "watch-writes",
-            "--endpoints",
-            endpoints,
-            "--stop-file",
-            stop_file,
-            *APISERVER_CREDS,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        result = run_site(topology, *args)
-    finally:
-        subprocess.run(["podman", "exec", apiserver, "touch", stop_file], check=True)
-        stdout, _ = writer.communicate(timeout=120)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-20000:]
-    after = {m: member_state(host_of(m)) for m in topology.members}
-    return ChangeRun(output=output, before=before, after=after, writes=json.loads(stdout))
 
 
 def record(name: str, topology: Topology, run: ChangeRun) -> None:

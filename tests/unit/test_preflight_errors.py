@@ -105,6 +105,17 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
         {"etcd_firewall_client_extra_sources": ["192.0.2.50", "backup.example"]},
         r"etcd_firewall_client_extra_sources and etcd_firewall_metrics_sources take .*: backup\.example\.",
     ),
+    "a quorum in RAM only": (
+        topology(),
+        {"etcd_storage_mode": "tmpfs"},
+        r"3 of 3 members keep their data in RAM only .* That is a quorum, so one power loss of those hosts"
+        r" loses the cluster's data\. Keep fewer than 2 members on tmpfs, or set etcd_storage_allow_volatile_quorum",
+    ),
+    "unknown data-directory mode": (
+        topology(),
+        {"etcd_storage_mode": "nvme"},
+        r"etcd_storage_mode.*must be one of: tmpfs, luks, disk, got: nvme",
+    ),
     "missing apiserver group": (
         {"vars": dict(NEVER), "children": {"etcd": topology()["children"]["etcd"]}},
         {},
