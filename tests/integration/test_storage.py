@@ -184,7 +184,7 @@ def rejoin(topology: Topology, host_of: HostOf, rebooted_member: Rebooted) -> Ch
 def test_a_rerun_rejoins_the_emptied_member_while_writes_go_on(
     rejoin: ChangeRun, rebooted_member: Rebooted
 ) -> None:
-    assert f"Rejoin | Add {rebooted_member.member} to the cluster again" in rejoin.output
+    assert f"Rejoin | Add the member to the cluster again, {rebooted_member.member}" in rejoin.output
     assert rejoin.writes["attempts"] > 10, rejoin.writes
     # Removing and adding a member that is down changes no quorum: no write may fail at all.
     assert rejoin.writes["failed"] == 0, rejoin.writes

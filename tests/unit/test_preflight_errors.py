@@ -108,8 +108,9 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
     "a quorum in RAM only": (
         topology(),
         {"etcd_storage_mode": "tmpfs"},
-        r"3 of 3 members keep their data in RAM only .* That is a quorum, so one power loss of those hosts"
-        r" loses the cluster's data\. Keep fewer than 2 members on tmpfs, or set etcd_storage_allow_volatile_quorum",
+        r"3 of 3 members keep their data in RAM only .* That is a quorum, so one power loss of those"
+        r" hosts loses the cluster's data\. Keep fewer than 2 members on tmpfs, or set"
+        r" etcd_storage_allow_volatile_quorum: true",
     ),
     "unknown data-directory mode": (
         topology(),
