@@ -21,7 +21,7 @@ from conftest import APISERVER_CREDS, REPO, ChangeRun, Topology, change_while_wr
 
 # conftest.py moves these tests after all others (the storage tests' rejoin too): they leave the
 # cluster changed.
-pytestmark = pytest.mark.changes_cluster(order=2)
+pytestmark = pytest.mark.changes_cluster(order=3)
 
 HostOf = Callable[[str], Host]
 Probe = Callable[..., dict[str, Any]]
