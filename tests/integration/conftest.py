@@ -38,6 +38,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "changes_cluster(order=0): changes the cluster; runs after every other test, lowest order first",
     )
+    config.addinivalue_line(
+        "markers", "vm: needs the VM tier (molecule scenario vm); others run in containers"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -64,6 +67,9 @@ class Topology:
     def all_hosts(self) -> list[str]:
         return self.members + self.apiservers + self.untrusted
 
+    def is_vm(self, host: str) -> bool:
+        return "lab_qemu_ipv4" in self.host_vars.get(host, {})
+
     def var(self, host: str, name: str, default: object = None) -> object:
         """A variable as the inventory sets it for a host: its own value, else the cluster's."""
         return self.host_vars.get(host, {}).get(name, self.cluster_vars.get(name, default))
@@ -82,8 +88,9 @@ def _group_hosts(tree: dict[str, Any], group: str) -> dict[str, dict[str, Any]]:
 def load_topology(inventory: Path) -> Topology:
     tree = yaml.safe_load(inventory.read_text())["all"]
     groups = {g: _group_hosts(tree, g) for g in ("etcd", "kube_control_plane", "untrusted")}
+    # Containers have lab_podman_ipv4; VMs (roles/lab_qemu) have lab_qemu_ipv4.
     addresses = {
-        host: str(hostvars["lab_podman_ipv4"])
+        host: str(hostvars.get("lab_podman_ipv4") or hostvars["lab_qemu_ipv4"])
         for hosts in groups.values()
         for host, hostvars in hosts.items()
     }
@@ -106,16 +113,39 @@ def topology() -> Topology:
     return load_topology(inventory)
 
 
+VM_DIR = REPO / ".lab/vm"
+VM_SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={VM_DIR / 'known_hosts'}")
+
+
 @pytest.fixture(scope="session")
-def host_of() -> Callable[[str], Host]:
+def host_of(topology: Topology) -> Callable[[str], Host]:
+    """Containers through podman, VMs over SSH with the lab's key and pinned host key."""
     cache: dict[str, Host] = {}
 
     def get(name: str) -> Host:
         if name not in cache:
-            cache[name] = testinfra.get_host(f"podman://{name}")
+            if topology.is_vm(name):
+                cache[name] = testinfra.get_host(
+                    f"ssh://root@{topology.addresses[name]}",
+                    ssh_identity_file=str(VM_DIR / "ssh/id_ed25519"),
+                    ssh_extra_args=" ".join(VM_SSH_OPTIONS),
+                )
+            else:
+                cache[name] = testinfra.get_host(f"podman://{name}")
         return cache[name]
 
     return get
+
+
+def copy_to(topology: Topology, source: Path, host: str, destination: str) -> None:
+    if topology.is_vm(host):
+        subprocess.run(
+            ["scp", "-q", *VM_SSH_OPTIONS, "-i", str(VM_DIR / "ssh/id_ed25519"), str(source),
+             f"root@{topology.addresses[host]}:{destination}"],
+            check=True,
+        )  # fmt: skip
+    else:
+        podman("cp", str(source), f"{host}:{destination}")
 
 
 def run_site(topology: Topology, *args: str) -> subprocess.CompletedProcess[str]:
@@ -145,7 +175,7 @@ def podman(*args: str) -> subprocess.CompletedProcess[str]:
 def probe_installed(topology: Topology) -> None:
     """Put the probe on every host; it needs nothing but the host's Python."""
     for name in topology.all_hosts:
-        podman("cp", str(REPO / "scripts/etcd_probe.py"), f"{name}:{PROBE_PATH}")
+        copy_to(topology, REPO / "scripts/etcd_probe.py", name, PROBE_PATH)
 
 
 ProbeResult = dict[str, Any]
