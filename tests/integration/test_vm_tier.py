@@ -3,18 +3,25 @@
 Only the molecule scenario `vm` runs these (`-m vm`); the container scenarios run everything else
 (`-m "not vm"`). This first slice shows the tier itself works: the member's kernel has AppArmor and
 device-mapper, etcd serves the apiserver container over mTLS, and the firewall drops a stranger.
-The controls they enable (AppArmor confinement, LUKS data dirs) build on it.
+Then the LUKS data directory (key source controller): an opened LUKS2 volume, no key on the VM's
+disk, no value in clear on the raw data disk, locked after a reboot until the play unlocks it.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import time
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible.parsing.vault import VaultLib, VaultSecret
 from testinfra.host import Host
 
-from conftest import APISERVER_CREDS, Topology
+from conftest import APISERVER_CREDS, REPO, VM_DIR, VM_SSH_OPTIONS, Topology, run_site
 
 pytestmark = pytest.mark.vm
 
@@ -54,3 +61,113 @@ def test_a_stranger_is_dropped_by_the_vms_firewall(topology: Topology, probe: Pr
         assert "refused" in (control["error"] or "").lower(), f"{member} does not answer: {control}"
         dropped = probe(topology.untrusted[0], "tcp", address, "2379", "--timeout", "3")
         assert not dropped["served"] and "timed out" in (dropped["error"] or ""), dropped
+
+
+# --- the data directory on LUKS, its key on the controller only -------------------------------
+
+LUKS_NAME = "etcd-data"
+
+
+def vm_disk(member: str, name: str) -> Path:
+    return VM_DIR / "run" / member / name
+
+
+def controller_key(topology: Topology, member: str) -> str:
+    """The member's LUKS key, decrypted from the controller's vault file as the play does."""
+    key_dir = REPO / ".lab/luks" / str(topology.cluster_vars["etcd_cluster_name"])
+    password = subprocess.run(
+        [str(REPO / "scripts/lab_vault_password.py")], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    secret = VaultSecret(password.encode())
+    vault = VaultLib([("default", secret)])
+    plain: bytes = vault.decrypt((key_dir / f"{member}.key.vault").read_bytes())
+    return plain.decode().strip()
+
+
+def grep_file(path: Path, needle: bytes) -> bool:
+    return subprocess.run(["grep", "-qaF", needle, str(path)], check=False).returncode == 0
+
+
+def test_the_data_dir_is_an_opened_luks2_volume(topology: Topology, host_of: HostOf) -> None:
+    data_dir = f"/var/lib/etcd/{topology.cluster_vars['etcd_cluster_name']}"
+    for member in topology.members:
+        host = host_of(member)
+        assert host.check_output(f"findmnt -no SOURCE --mountpoint {data_dir}") == f"/dev/mapper/{LUKS_NAME}"
+        assert host.check_output(f"lsblk -no TYPE /dev/mapper/{LUKS_NAME}") == "crypt"
+        status = host.check_output(f"cryptsetup status {LUKS_NAME}")
+        assert "type:    LUKS2" in status and "device:  /dev/vdb" in status, status
+        directory = host.file(data_dir)
+        assert (directory.mode, directory.user, directory.group) == (0o700, "etcd", "etcd")
+
+
+def test_no_luks_key_is_left_on_the_vm(topology: Topology, host_of: HostOf) -> None:
+    for member in topology.members:
+        host = host_of(member)
+        key = controller_key(topology, member)
+        assert host.run("grep -s etcd /etc/crypttab").rc != 0, "a crypttab entry would unlock at boot"
+        host.check_output("sync")
+        # The VM's whole root disk as the host stores it: the key must be nowhere on it.
+        assert not grep_file(vm_disk(member, "root.qcow2"), key.encode()), f"{member}: key on disk"
+        # Control: a string written to the same disk is found there by the same search.
+        control = f"control-{uuid.uuid4()}"
+        host.check_output(f"echo {control} > /var/tmp/search-control && sync")
+        assert grep_file(vm_disk(member, "root.qcow2"), control.encode()), "the search cannot see the disk"
+
+
+def test_a_value_written_through_etcd_is_not_on_the_raw_data_disk(
+    topology: Topology, host_of: HostOf, probe: Probe, marker: str
+) -> None:
+    for member in topology.members:
+        host_of(member).check_output("sync")
+        raw = vm_disk(member, "data.raw")
+        assert grep_file(raw, b"LUKS\xba\xbe"), f"{raw} holds no LUKS header: wrong file?"
+        assert not grep_file(raw, marker.encode()), f"{member}: the marker is on the raw data disk in clear"
+        endpoint = ("--endpoint", f"https://{topology.addresses[member]}:2379")
+        got = probe(topology.apiservers[0], "kv", "get", "/storage/marker", *endpoint, *APISERVER_CREDS)
+        assert got["served"] and marker in json.loads(got["body"]), got
+
+
+@pytest.fixture(scope="module")
+def rebooted_vm(topology: Topology, host_of: HostOf, marker: str) -> str:
+    """Reboot the member VM: its LUKS volume comes back locked."""
+    member = topology.members[0]
+    host_of(member).run("systemctl reboot")
+    time.sleep(5)
+    wait_for_ssh(topology, member)
+    return member
+
+
+def wait_for_ssh(topology: Topology, member: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = subprocess.run(
+            ["ssh", *VM_SSH_OPTIONS, "-o", "ConnectTimeout=5", "-i", str(VM_DIR / "ssh/id_ed25519"),
+             f"root@{topology.addresses[member]}", "systemctl is-system-running --wait"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if answer.stdout.strip() in ("running", "degraded"):
+            return
+        time.sleep(5)
+    raise AssertionError(f"{member} did not come back after its reboot")
+
+
+@pytest.mark.changes_cluster(order=1)
+def test_after_a_reboot_the_volume_stays_locked_and_etcd_down(
+    topology: Topology, host_of: HostOf, rebooted_vm: str
+) -> None:
+    host = host_of(rebooted_vm)
+    assert not host.file(f"/dev/mapper/{LUKS_NAME}").exists, "the volume opened by itself"
+    assert host.run("systemctl is-active etcd.service").stdout.strip() != "active"
+    data_dir = f"/var/lib/etcd/{topology.cluster_vars['etcd_cluster_name']}"
+    assert host.run(f"findmnt --mountpoint {data_dir}").rc == 1, "something is mounted at the data dir"
+
+
+@pytest.mark.changes_cluster(order=2)
+def test_the_play_unlocks_the_volume_and_etcd_serves_the_marker_again(
+    topology: Topology, probe: Probe, marker: str, rebooted_vm: str
+) -> None:
+    result = run_site(topology)
+    assert result.returncode == 0, result.stdout[-5000:]
+    endpoint = ("--endpoint", f"https://{topology.addresses[rebooted_vm]}:2379")
+    got = probe(topology.apiservers[0], "kv", "get", "/storage/marker", *endpoint, *APISERVER_CREDS)
+    assert got["served"] and marker in json.loads(got["body"]), got
