@@ -296,7 +296,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     req.add_argument("--data", help="request body")
     kv = sub.add_parser("kv", parents=[tls], help="put or get a key through the v3 JSON gateway")
     kv.add_argument("action", choices=("put", "get"))
-    kv.add_argument("key")
+    # Its own dest: "key" is the TLS client key's (--key), which argparse would let overwrite it.
+    kv.add_argument("etcd_key", metavar="key", help="the etcd key")
     kv.add_argument("value", nargs="?")
     kv.add_argument("--endpoint", required=True, help="e.g. https://10.0.0.1:2379")
     watch = sub.add_parser("watch-writes", parents=[tls], help="keep writing until told to stop")
@@ -346,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             data = args.data.encode() if args.data is not None else None
             outcome = request(args.url, ctx, args.method, data, args.timeout)
         else:
-            path, body = kv_request(args.action, args.key, args.value)
+            path, body = kv_request(args.action, args.etcd_key, args.value)
             outcome = request(args.endpoint.rstrip("/") + path, ctx, "POST", body, args.timeout)
             if outcome.served and args.action == "get":
                 outcome.body = json.dumps(kv_values(outcome.body))

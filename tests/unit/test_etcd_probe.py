@@ -228,6 +228,14 @@ def test_kv_get_through_the_cli_decodes_values(
     assert json.loads(json.loads(capsys.readouterr().out)["body"]) == ["stored"]
 
 
+def test_the_etcd_key_is_not_the_tls_client_key() -> None:
+    # Both were once parsed into one attribute: every write went to the key file's path.
+    args = etcd_probe.parse_args(
+        ["kv", "put", "/storage/marker", "v", "--endpoint", "https://x", "--key", "/pki/client.key"]
+    )
+    assert (args.etcd_key, args.key, args.value) == ("/storage/marker", "/pki/client.key", "v")
+
+
 def test_kv_requests_are_base64_json() -> None:
     path, body = etcd_probe.kv_request("put", "/a", "b")
     assert path == "/v3/kv/put"
