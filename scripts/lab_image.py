@@ -21,6 +21,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 IMAGE_REPOSITORY = "localhost/etcd-lab-node"
 
@@ -52,6 +56,12 @@ MASKED_UNITS: tuple[str, ...] = (
 SUPPORTED_SUITES: tuple[str, ...] = ("trixie", "bookworm")
 
 
+def recipe_digest(recipe: DataclassInstance) -> str:
+    """A short hash of everything in a recipe dataclass: the name of what it builds."""
+    canonical = json.dumps(asdict(recipe), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything that decides an image's content; its hash names the image."""
@@ -65,8 +75,7 @@ class Recipe:
     extra: dict[str, str] = field(default_factory=dict)
 
     def digest(self) -> str:
-        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        return recipe_digest(self)
 
     def image_ref(self) -> str:
         return f"{IMAGE_REPOSITORY}:{self.suite}-{self.digest()}"

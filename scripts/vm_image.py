@@ -16,15 +16,16 @@ so it is rebuilt exactly when the recipe changes; `ensure` is otherwise a cheap 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+
+from lab_image import recipe_digest
 
 # What a real etcd server needs, plus what the VM tier proves: Debian's cloud kernel (AppArmor
 # and dm-crypt), cryptsetup, AppArmor's tools, nftables, SSH for Ansible, and etcd itself.
@@ -86,8 +87,7 @@ class VmRecipe:
     revision: int = 3
 
     def digest(self) -> str:
-        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        return recipe_digest(self)
 
     def directory(self, cache_dir: Path) -> Path:
         return cache_dir / "images" / f"{self.suite}-{self.digest()}"
