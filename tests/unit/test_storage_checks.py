@@ -53,3 +53,38 @@ def test_unencrypted_swap_can_be_accepted_explicitly(tmp_path: Path) -> None:
 def test_no_swap_passes(tmp_path: Path) -> None:
     rc, output = run_checks(tmp_path, "")
     assert rc == 0, output
+
+
+def run_luks_checks(tmp_path: Path, *extra: str) -> tuple[int, str]:
+    # A stand-in for the device-mapper control node, so the checks get past that one.
+    dm_control = tmp_path / "control"
+    dm_control.write_text("")
+    return run_checks(
+        tmp_path,
+        "",
+        "-e",
+        "etcd_storage_mode=luks",
+        "-e",
+        f"etcd_storage_luks_device={tmp_path / 'no-such-device'}",
+        "-e",
+        f"etcd_storage_luks_key_dir={tmp_path / 'keys'}",
+        "-e",
+        f"__etcd_storage_dm_control_path={dm_control}",
+        *extra,
+    )
+
+
+PIPELINING_REFUSAL = "without pipelining those are written to a temporary file on the host's disk first"
+
+
+def test_luks_key_is_not_handed_over_a_connection_without_pipelining(tmp_path: Path) -> None:
+    rc, output = run_luks_checks(tmp_path, "-e", "ansible_pipelining=false")
+    assert rc != 0, output
+    assert PIPELINING_REFUSAL in output and "Nothing was changed." in output, output
+
+
+def test_luks_key_may_travel_over_a_pipelining_connection(tmp_path: Path) -> None:
+    rc, output = run_luks_checks(tmp_path, "-e", "ansible_pipelining=true")
+    # Later checks may stop it (there is no such device); this one must not.
+    assert "Refuse to hand the LUKS key over a connection" in output, output
+    assert PIPELINING_REFUSAL not in output, output
