@@ -41,6 +41,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "vm: needs the VM tier (molecule scenario vm); others run in containers"
     )
+    config.addinivalue_line(
+        "markers", "any_tier: runs in the VM tier too (the foundation's attacks, against a real kernel)"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -62,6 +62,7 @@ def changed_count(output: str, host: str) -> int:
 # --- who reaches what -------------------------------------------------------------------------
 
 
+@pytest.mark.any_tier
 def test_an_untrusted_host_reaches_no_etcd_port(topology: Topology, probe: Probe) -> None:
     attacker = topology.untrusted[0]
     for member in topology.members:
@@ -69,6 +70,7 @@ def test_an_untrusted_host_reaches_no_etcd_port(topology: Topology, probe: Probe
             assert_dropped(probe, attacker, topology.addresses[member], port)
 
 
+@pytest.mark.any_tier
 def test_an_apiserver_reaches_the_client_port_only(topology: Topology, probe: Probe) -> None:
     apiserver = topology.apiservers[0]
     for member in topology.members:

@@ -15,6 +15,8 @@ import pytest
 from conftest import APISERVER_CREDS, MEMBER_PEER_CREDS, Topology
 
 Probe = Callable[..., dict[str, Any]]
+# Every attack here is also tried against the VM tier's member.
+pytestmark = pytest.mark.any_tier
 
 
 def client_url(topology: Topology, member: str, path: str = "/health", scheme: str = "https") -> str:
