@@ -27,6 +27,11 @@ def peer_url(topology: Topology, member: str, path: str = "/version", scheme: st
     return f"{scheme}://{topology.addresses[member]}:2380{path}"
 
 
+def peer_prober(topology: Topology) -> str:
+    """A member to try the peer port from: another one, or the only one (the VM tier's) itself."""
+    return topology.members[1] if len(topology.members) > 1 else topology.members[0]
+
+
 def assert_served(outcome: dict[str, Any]) -> None:
     assert outcome["served"], f"expected to be served, got {outcome}"
 
@@ -120,7 +125,7 @@ def test_both_ports_refuse_cbc_cipher_suites_on_tls12(topology: Topology, probe:
     member = topology.members[0]
     url = f"https://{topology.addresses[member]}:{port}/version"
     creds = APISERVER_CREDS if port == 2379 else MEMBER_PEER_CREDS
-    on = topology.apiservers[0] if port == 2379 else topology.members[1]
+    on = topology.apiservers[0] if port == 2379 else peer_prober(topology)
     aead = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"
     cbc = "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384:ECDHE-RSA-AES256-SHA384"
     assert_served(probe(on, "request", url, *creds, "--ciphers", aead))
@@ -133,7 +138,7 @@ def test_both_ports_refuse_cbc_cipher_suites_on_tls12(topology: Topology, probe:
 
 def test_peer_port_serves_a_member_peer_certificate(topology: Topology, probe: Probe) -> None:
     outcome = probe(
-        topology.members[1], "request", peer_url(topology, topology.members[0]), *MEMBER_PEER_CREDS
+        peer_prober(topology), "request", peer_url(topology, topology.members[0]), *MEMBER_PEER_CREDS
     )
     assert_served(outcome)
 
@@ -146,7 +151,7 @@ def test_peer_port_refuses_a_certificate_from_the_client_ca(topology: Topology, 
     # The admin certificate is a valid client certificate of this cluster (the apiservers' CA).
     client_ca_cert = ("--cert", "/etc/etcd/pki/admin.crt", "--key", "/etc/etcd/pki/admin.key")
     outcome = probe(
-        topology.members[1],
+        peer_prober(topology),
         "request",
         peer_url(topology, topology.members[0]),
         "--no-verify",
@@ -156,12 +161,12 @@ def test_peer_port_refuses_a_certificate_from_the_client_ca(topology: Topology, 
 
 
 def test_peer_port_refuses_tls_without_a_client_certificate(topology: Topology, probe: Probe) -> None:
-    outcome = probe(topology.members[1], "request", peer_url(topology, topology.members[0]), "--no-verify")
+    outcome = probe(peer_prober(topology), "request", peer_url(topology, topology.members[0]), "--no-verify")
     assert_refused_by_server(outcome, "certificate required", "bad certificate", "handshake failure")
 
 
 def test_peer_port_refuses_plain_http(topology: Topology, probe: Probe) -> None:
-    outcome = probe(topology.members[1], "request", peer_url(topology, topology.members[0], scheme="http"))
+    outcome = probe(peer_prober(topology), "request", peer_url(topology, topology.members[0], scheme="http"))
     assert not outcome["served"], outcome
     assert outcome["status"] in (None, 400), outcome
 
