@@ -84,7 +84,7 @@ def test_luks_key_is_not_handed_over_a_connection_without_pipelining(tmp_path: P
 
 
 def test_luks_key_may_travel_over_a_pipelining_connection(tmp_path: Path) -> None:
-    rc, output = run_luks_checks(tmp_path, "-e", "ansible_pipelining=true")
+    _rc, output = run_luks_checks(tmp_path, "-e", "ansible_pipelining=true")
     # Later checks may stop it (there is no such device); this one must not.
     assert "Refuse to hand the LUKS key over a connection" in output, output
     assert PIPELINING_REFUSAL not in output, output
