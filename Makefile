@@ -24,8 +24,8 @@ export ANSIBLE_NOCOLOR := 1
 export PY_COLORS := 0
 endif
 
-# The container scenarios and the VM tier run side by side: the VM's emulated CPU is one busy
-# thread, the containers' runs wait mostly on podman and each other's hosts (see README, Tests).
+# The scenarios `make molecule` runs side by side. They compete for CPU (each container task costs
+# two podman execs and a Python start), so side by side saves only the waits; see README, Tests.
 MOLECULE_SCENARIOS := default debian12 vm
 
 .PHONY: help deps venv images checks-then-containers lab lab-down lab-verify lint unit molecule test test-vm bench clean
