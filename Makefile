@@ -71,8 +71,8 @@ lab-down: venv
 lint: venv
 	yamllint --strict .
 	ansible-lint
-	ruff check scripts tests roles
-	ruff format --check scripts tests roles
+	ruff check scripts plugins tests roles
+	ruff format --check scripts plugins tests roles
 	mypy
 	mypy tests/unit
 	mypy tests/integration
