@@ -24,8 +24,10 @@ from conftest import (
     Rebooted,
     Topology,
     change_while_writing,
+    podman,
     run_site,
     storage_mode,
+    wait_for_boot,
 )
 
 HostOf = Callable[[str], Host]
@@ -227,3 +229,45 @@ def test_a_further_run_after_the_rejoin_changes_nothing(topology: Topology, rejo
     assert result.returncode == 0, result.stdout[-5000:]
     counts = changed_counts(result.stdout)
     assert counts and set(counts.values()) == {0}, counts
+
+
+# --- every member lost its data ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def power_loss(topology: Topology, host_of: HostOf, marker: str) -> list[str]:
+    """Restart every member's container at once: all RAM disks come back empty."""
+    members = topology.members
+    if members_in(topology, "tmpfs") != members:
+        pytest.skip("a power loss empties RAM disks only; this scenario keeps data on disk")
+    podman("restart", *members)
+    states = [wait_for_boot(host_of(m)) for m in members]
+    assert set(states) == {"running"}, states
+    return members
+
+
+@pytest.mark.changes_cluster(order=4)
+def test_after_every_member_lost_its_data_the_play_refuses_to_found_an_empty_cluster(
+    topology: Topology, host_of: HostOf, power_loss: list[str]
+) -> None:
+    refused = run_site(topology)
+    output = " ".join((refused.stdout + refused.stderr).split())
+    assert refused.returncode != 0, output[-3000:]
+    assert "carry the mark of its founding" in output, output[-3000:]
+    for member in power_loss:
+        host = host_of(member)
+        assert host.run("systemctl is-active etcd.service").stdout.strip() != "active", member
+        assert host.run(f"test -e {data_dir(topology)}/member").rc != 0, f"{member} holds data again"
+
+
+@pytest.mark.changes_cluster(order=4)
+def test_asked_explicitly_the_play_founds_a_new_empty_cluster(
+    topology: Topology, probe: Probe, power_loss: list[str]
+) -> None:
+    refounded = run_site(topology, "-e", "etcd_allow_refounding=true")
+    assert refounded.returncode == 0, refounded.stdout[-5000:]
+    for member in power_loss:
+        served = health(probe, topology, member)
+        assert served["served"] and '"health":"true"' in served["body"], served
+    # The marker written before the power loss is gone: it was a real loss, and this a new cluster.
+    assert read_marker(probe, topology, power_loss[0]) == []
