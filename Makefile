@@ -25,7 +25,7 @@ export PY_COLORS := 0
 endif
 
 # The scenarios `make molecule` runs side by side. They compete for CPU (each container task costs
-# two podman execs and a Python start), so side by side saves only the waits; see README, Tests.
+# a podman exec and a Python start), so side by side saves only the waits; see README, Tests.
 MOLECULE_SCENARIOS := default debian12 vm
 
 .PHONY: help deps venv images checks-then-containers checks-then-containers-niced lab lab-down lab-verify lint unit molecule test test-vm bench clean

@@ -11,8 +11,8 @@ DOCUMENTATION = """
     short_description: Run tasks in a podman container, modules piped to `podman exec --interactive`
     description:
       - The containers.podman.podman connection with one change, pipelining. A module is handed to
-        the container's Python on stdin in one `podman exec`, instead of a temporary directory, a
-        copy and a separate run (three `podman exec` per task).
+        the container's Python on stdin in one `podman exec`, instead of five per task (home
+        directory, mkdir, chmod, the Python run, rm) and a copy.
       - The collection turns pipelining off because podman before 1.8 truncated stdin of
         `podman exec` (containers/podman#5046, containers/ansible-podman-collections#275). Podman 4
         passes it whole; tests/unit/test_podman_pipelined.py checks the exact bytes.
