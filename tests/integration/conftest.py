@@ -44,6 +44,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "any_tier: runs in the VM tier too (the foundation's attacks, against a real kernel)"
     )
+    config.addinivalue_line(
+        "markers",
+        "platform_independent: tests the play's own logic, the same on every platform; the debian12 "
+        "scenario leaves it to default (each is a long site run, and make test is CPU-bound)",
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -379,3 +384,16 @@ def rebooted_member(topology: Topology, host_of: Callable[[str], Host], marker: 
     before_us = int(time.monotonic() * 1e6)  # CLOCK_MONOTONIC, as systemd and journald use
     podman("restart", member)
     return Rebooted(member=member, restarted_after_us=before_us, boot_state=wait_for_boot(host_of(member)))
+
+
+def assert_summary_tells_the_truth_about_apparmor(
+    topology: Topology, host_of: Callable[[str], Host], output: str
+) -> None:
+    """Each member's summary line says enforced exactly where the host's kernel has AppArmor."""
+    for member in topology.members:
+        enforces = host_of(member).run("test -d /sys/kernel/security/apparmor").rc == 0
+        expected = (
+            "AppArmor etcd (enforce)" if enforces else "AppArmor NOT enforced (the kernel has no AppArmor)"
+        )
+        line = next((ln for ln in output.splitlines() if f'"{member}: ' in ln), "")
+        assert expected in line, line or output[-3000:]

@@ -224,6 +224,7 @@ def test_every_member_holds_the_same_data_after_the_rejoin(
 
 
 @pytest.mark.changes_cluster(order=2)
+@pytest.mark.platform_independent
 def test_a_further_run_after_the_rejoin_changes_nothing(topology: Topology, rejoin: ChangeRun) -> None:
     result = run_site(topology)
     assert result.returncode == 0, result.stdout[-5000:]

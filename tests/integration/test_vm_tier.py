@@ -21,7 +21,15 @@ import pytest
 from ansible.parsing.vault import VaultLib, VaultSecret
 from testinfra.host import Host
 
-from conftest import APISERVER_CREDS, REPO, VM_DIR, VM_SSH_OPTIONS, Topology, run_site
+from conftest import (
+    APISERVER_CREDS,
+    REPO,
+    VM_DIR,
+    VM_SSH_OPTIONS,
+    Topology,
+    assert_summary_tells_the_truth_about_apparmor,
+    run_site,
+)
 
 pytestmark = pytest.mark.vm
 
@@ -166,10 +174,12 @@ def test_after_a_reboot_the_volume_stays_locked_and_etcd_down(
 
 @pytest.mark.changes_cluster(order=2)
 def test_the_play_unlocks_the_volume_and_etcd_serves_the_marker_again(
-    topology: Topology, probe: Probe, marker: str, rebooted_vm: str
+    topology: Topology, host_of: HostOf, probe: Probe, marker: str, rebooted_vm: str
 ) -> None:
     result = run_site(topology)
     assert result.returncode == 0, result.stdout[-5000:]
     endpoint = ("--endpoint", f"https://{topology.addresses[rebooted_vm]}:2379")
     got = probe(topology.apiservers[0], "kv", "get", "/storage/marker", *endpoint, *APISERVER_CREDS)
     assert got["served"] and marker in json.loads(got["body"]), got
+    # The run's summary, after the reboot, says the etcd that now runs is confined (enforce).
+    assert_summary_tells_the_truth_about_apparmor(topology, host_of, result.stdout)
