@@ -44,6 +44,20 @@ DOCUMENTATION = """
         ini:
           - section: defaults
             key: podman_extra_args
+      pipelining:
+        description:
+          - Hand modules to the container's Python on stdin. On by default, the reason for this
+            plugin; Ansible's C(pipelining) settings for SSH (C([ssh_connection])) do not reach
+            other connections, so the lab ran five execs per task while ansible.cfg said pipelining.
+        type: boolean
+        default: true
+        ini:
+          - section: connection
+            key: pipelining
+        env:
+          - name: ANSIBLE_PIPELINING
+        vars:
+          - name: ansible_pipelining
       podman_executable:
         description: The podman command.
         default: podman

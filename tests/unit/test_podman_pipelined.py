@@ -82,7 +82,6 @@ def run_with(
         {
             "ansible_connection": connection,
             "ansible_podman_executable": str(script),
-            "ansible_pipelining": True,
             "ansible_python_interpreter": "/usr/bin/python3",
             "payload_file": str(tmp_path / "payload.txt"),
         },
