@@ -28,11 +28,16 @@ from pathlib import Path
 from lab_image import recipe_digest
 
 # What a real etcd server needs, plus what the VM tier proves: Debian's cloud kernel (AppArmor
-# and dm-crypt), cryptsetup, AppArmor's tools, nftables, SSH for Ansible, and etcd itself.
+# and dm-crypt), cryptsetup, Clevis and systemd's cryptsetup (the LUKS key sources tang and keyfile
+# open their volumes at boot), AppArmor's tools, nftables, SSH for Ansible, and etcd itself.
+# Baked in because every apt run under software emulation costs minutes.
 VM_PACKAGES: tuple[str, ...] = (
     "apparmor",
     "apparmor-utils",
     "ca-certificates",
+    "clevis",
+    "clevis-luks",
+    "clevis-systemd",
     "cryptsetup-bin",
     "dbus",
     "e2fsprogs",
@@ -50,6 +55,7 @@ VM_PACKAGES: tuple[str, ...] = (
     "python3-apt",
     "python3-cryptography",
     "systemd",
+    "systemd-cryptsetup",
     "systemd-sysv",
     "udev",
 )

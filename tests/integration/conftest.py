@@ -67,6 +67,8 @@ class Topology:
     members: list[str]
     apiservers: list[str]
     untrusted: list[str]
+    # Only the VM tier has one: a Tang server for the LUKS key source tang.
+    tang_servers: list[str]
     addresses: dict[str, str]
     cluster_vars: dict[str, Any]
     host_vars: dict[str, dict[str, Any]]
@@ -95,7 +97,7 @@ def _group_hosts(tree: dict[str, Any], group: str) -> dict[str, dict[str, Any]]:
 
 def load_topology(inventory: Path) -> Topology:
     tree = yaml.safe_load(inventory.read_text())["all"]
-    groups = {g: _group_hosts(tree, g) for g in ("etcd", "kube_control_plane", "untrusted")}
+    groups = {g: _group_hosts(tree, g) for g in ("etcd", "kube_control_plane", "untrusted", "tang")}
     # Containers have lab_podman_ipv4; VMs (roles/lab_qemu) have lab_qemu_ipv4.
     addresses = {
         host: str(hostvars.get("lab_podman_ipv4") or hostvars["lab_qemu_ipv4"])
@@ -109,6 +111,7 @@ def load_topology(inventory: Path) -> Topology:
         members=list(groups["etcd"]),
         apiservers=list(groups["kube_control_plane"]),
         untrusted=list(groups["untrusted"]),
+        tang_servers=list(groups["tang"]),
         addresses=addresses,
         cluster_vars=cluster_vars or {},
         host_vars={host: hostvars for hosts in groups.values() for host, hostvars in hosts.items()},
@@ -158,6 +161,11 @@ def copy_to(topology: Topology, source: Path, host: str, destination: str) -> No
 
 def run_site(topology: Topology, *args: str) -> subprocess.CompletedProcess[str]:
     """Run playbooks/site.yml against the topology's inventory, as an operator would."""
+    return run_playbook(topology, REPO / "playbooks/site.yml", *args)
+
+
+def run_playbook(topology: Topology, playbook: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a playbook against the topology's inventory with the project's configuration."""
     # Plain text for the tests that read the recap: molecule's verify step sets ANSIBLE_FORCE_COLOR,
     # which wins over ANSIBLE_NOCOLOR.
     env = dict(
@@ -168,7 +176,7 @@ def run_site(topology: Topology, *args: str) -> subprocess.CompletedProcess[str]
             str(Path(sys.executable).parent / "ansible-playbook"),
             "-i",
             str(topology.inventory),
-            str(REPO / "playbooks/site.yml"),
+            str(playbook),
             *args,
         ],
         capture_output=True,

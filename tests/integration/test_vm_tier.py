@@ -5,6 +5,8 @@ Only the molecule scenario `vm` runs these (`-m vm`); the container scenarios ru
 device-mapper, etcd serves the apiserver container over mTLS, and the firewall drops a stranger.
 Then the LUKS data directory (key source controller): an opened LUKS2 volume, no key on the VM's
 disk, no value in clear on the raw data disk, locked after a reboot until the play unlocks it.
+Beside it, two small volumes in files with the key sources tang (a Tang server in a container)
+and keyfile: each opens by itself at boot, tang only while its server answers.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from conftest import (
     VM_SSH_OPTIONS,
     Topology,
     assert_summary_tells_the_truth_about_apparmor,
+    run_playbook,
     run_site,
 )
 
@@ -112,7 +115,8 @@ def test_no_luks_key_is_left_on_the_vm(topology: Topology, host_of: HostOf) -> N
     for member in topology.members:
         host = host_of(member)
         key = controller_key(topology, member)
-        assert host.run("grep -s etcd /etc/crypttab").rc != 0, "a crypttab entry would unlock at boot"
+        entry = host.run(f"grep -s '^{LUKS_NAME}[[:space:]]' /etc/crypttab")
+        assert entry.rc != 0, f"a crypttab entry would unlock it at boot: {entry.stdout}"
         host.check_output("sync")
         # The VM's whole root disk as the host stores it: the key must be nowhere on it.
         assert not grep_file(vm_disk(member, "root.qcow2"), key.encode()), f"{member}: key on disk"
@@ -133,6 +137,89 @@ def test_a_value_written_through_etcd_is_not_on_the_raw_data_disk(
         endpoint = ("--endpoint", f"https://{topology.addresses[member]}:2379")
         got = probe(topology.apiservers[0], "kv", "get", "/storage/marker", *endpoint, *APISERVER_CREDS)
         assert got["served"] and marker in json.loads(got["body"]), got
+
+
+# --- the key sources tang and keyfile, each on a volume in a file (a loop device) ---------------
+
+KEY_SOURCES = ("tang", "keyfile")
+
+
+def volume_file(source: str) -> str:
+    return f"/var/lib/etcd-{source}.luks"
+
+
+@pytest.fixture(scope="module")
+def key_source_volumes(topology: Topology, host_of: HostOf) -> dict[str, str]:
+    """Open a volume with each of the key sources tang and keyfile; a marker file in each."""
+    result = run_playbook(topology, REPO / "tests/integration/playbooks/luks_key_sources.yml")
+    assert result.returncode == 0, result.stdout[-5000:]
+    host = host_of(topology.members[0])
+    markers = {}
+    for source in KEY_SOURCES:
+        markers[source] = f"marker-{source}-{uuid.uuid4()}"
+        host.check_output(f"echo {markers[source]} > /srv/etcd-{source}/marker && sync")
+    return markers
+
+
+def test_each_key_source_opens_a_luks2_volume_in_a_file(
+    topology: Topology, host_of: HostOf, key_source_volumes: dict[str, str]
+) -> None:
+    host = host_of(topology.members[0])
+    for source in KEY_SOURCES:
+        assert (
+            host.check_output(f"findmnt -no SOURCE --mountpoint /srv/etcd-{source}")
+            == f"/dev/mapper/etcd-{source}"
+        )
+        status = host.check_output(f"cryptsetup status etcd-{source}")
+        assert "type:    LUKS2" in status and f"loop:    {volume_file(source)}" in status, status
+        backing = host.file(volume_file(source))
+        assert (backing.mode, backing.user) == (0o600, "root"), source
+
+
+def test_a_file_written_into_a_file_backed_volume_is_not_in_the_file(
+    topology: Topology, host_of: HostOf, key_source_volumes: dict[str, str]
+) -> None:
+    host = host_of(topology.members[0])
+    for source, marker in key_source_volumes.items():
+        assert host.run(f"grep -qaF LUKS {volume_file(source)}").rc == 0, "the search cannot see the file"
+        assert host.run(f"grep -qaF {marker} {volume_file(source)}").rc == 1, f"{source}: marker in clear"
+
+
+def test_the_key_file_is_readable_by_root_only_and_named_in_crypttab(
+    topology: Topology, host_of: HostOf, key_source_volumes: dict[str, str]
+) -> None:
+    host = host_of(topology.members[0])
+    key_file = "/etc/cryptsetup-keys.d/etcd-keyfile.key"
+    key, directory = host.file(key_file), host.file("/etc/cryptsetup-keys.d")
+    assert (key.mode, key.user, key.size) == (0o600, "root", 64)
+    assert (directory.mode, directory.user) == (0o700, "root")
+    # The attack: etcd's own user (what a compromised etcd runs as) reads the key.
+    stolen = host.run(f"runuser -u etcd -- cat {key_file}")
+    assert stolen.rc != 0 and "Permission denied" in stolen.stderr, stolen.stderr
+    assert host.check_output("grep '^etcd-keyfile[[:space:]]' /etc/crypttab").split() == [
+        "etcd-keyfile", volume_file("keyfile"), key_file, "luks"
+    ]  # fmt: skip
+
+
+def test_the_tang_volume_opens_only_while_its_tang_server_answers(
+    topology: Topology, host_of: HostOf, key_source_volumes: dict[str, str]
+) -> None:
+    host, tang = host_of(topology.members[0]), host_of(topology.tang_servers[0])
+    assert host.check_output("grep '^etcd-tang[[:space:]]' /etc/crypttab").split() == [
+        "etcd-tang", volume_file("tang"), "none", "luks,_netdev"
+    ]  # fmt: skip
+    assert not host.file("/etc/cryptsetup-keys.d/etcd-tang.key").exists, "a key file beside a tang volume"
+    bindings = host.check_output(f"clevis luks list -d {volume_file('tang')}")
+    assert f"http://{topology.addresses[topology.tang_servers[0]]}" in bindings, bindings
+    slot = bindings.split(":")[0]
+    recover = f"clevis luks pass -d {volume_file('tang')} -s {slot} > /dev/null"
+    assert host.run(recover).rc == 0, "Clevis cannot recover the key from the Tang server"
+    # The attack: the disk away from its network (here: the Tang server gone) gives nothing.
+    tang.check_output("systemctl stop tangd.socket")
+    try:
+        assert host.run(recover).rc != 0, "the key was recovered without the Tang server"
+    finally:
+        tang.check_output("systemctl start tangd.socket")
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +257,17 @@ def test_after_a_reboot_the_volume_stays_locked_and_etcd_down(
     assert host.run("systemctl is-active etcd.service").stdout.strip() == "inactive"
     data_dir = f"/var/lib/etcd/{topology.cluster_vars['etcd_cluster_name']}"
     assert host.run(f"findmnt --mountpoint {data_dir}").rc == 1, "something is mounted at the data dir"
+
+
+@pytest.mark.changes_cluster(order=1)
+def test_after_a_reboot_the_tang_and_keyfile_volumes_open_by_themselves(
+    topology: Topology, host_of: HostOf, key_source_volumes: dict[str, str], rebooted_vm: str
+) -> None:
+    host = host_of(rebooted_vm)
+    for source, marker in key_source_volumes.items():
+        mounted = host.run(f"findmnt -no SOURCE --mountpoint /srv/etcd-{source}")
+        assert mounted.stdout.strip() == f"/dev/mapper/etcd-{source}", f"{source}: {mounted.stdout}"
+        assert host.check_output(f"cat /srv/etcd-{source}/marker") == marker
 
 
 @pytest.mark.changes_cluster(order=2)
