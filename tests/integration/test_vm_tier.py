@@ -148,6 +148,13 @@ def volume_file(source: str) -> str:
     return f"/var/lib/etcd-{source}.luks"
 
 
+def luks_uuid(host: Host, source: str) -> str:
+    """crypttab names a volume in a file by its UUID: a loop unit presents the file at boot."""
+    uuid_ = host.check_output(f"blkid --probe --output value --match-tag UUID {volume_file(source)}")
+    assert uuid_ and host.service(f"etcd-{source}-loop.service").is_enabled, source
+    return uuid_
+
+
 @pytest.fixture(scope="module")
 def key_source_volumes(topology: Topology, host_of: HostOf) -> dict[str, str]:
     """Open a volume with each of the key sources tang and keyfile; a marker file in each."""
@@ -197,7 +204,7 @@ def test_the_key_file_is_readable_by_root_only_and_named_in_crypttab(
     stolen = host.run(f"runuser -u etcd -- cat {key_file}")
     assert stolen.rc != 0 and "Permission denied" in stolen.stderr, stolen.stderr
     assert host.check_output("grep '^etcd-keyfile[[:space:]]' /etc/crypttab").split() == [
-        "etcd-keyfile", volume_file("keyfile"), key_file, "luks"
+        "etcd-keyfile", f"UUID={luks_uuid(host, 'keyfile')}", key_file, "luks,nofail,timeout=1min"
     ]  # fmt: skip
 
 
@@ -206,7 +213,7 @@ def test_the_tang_volume_opens_only_while_its_tang_server_answers(
 ) -> None:
     host, tang = host_of(topology.members[0]), host_of(topology.tang_servers[0])
     assert host.check_output("grep '^etcd-tang[[:space:]]' /etc/crypttab").split() == [
-        "etcd-tang", volume_file("tang"), "none", "luks,_netdev"
+        "etcd-tang", f"UUID={luks_uuid(host, 'tang')}", "none", "luks,_netdev,nofail,timeout=2min"
     ]  # fmt: skip
     assert not host.file("/etc/cryptsetup-keys.d/etcd-tang.key").exists, "a key file beside a tang volume"
     bindings = host.check_output(f"clevis luks list -d {volume_file('tang')}")
