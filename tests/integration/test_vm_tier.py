@@ -150,7 +150,7 @@ def volume_file(source: str) -> str:
 
 def luks_uuid(host: Host, source: str) -> str:
     """crypttab names a volume in a file by its UUID: a loop unit presents the file at boot."""
-    uuid_ = host.check_output(f"blkid --probe --output value --match-tag UUID {volume_file(source)}")
+    uuid_: str = host.check_output(f"blkid --probe --output value --match-tag UUID {volume_file(source)}")
     assert uuid_ and host.service(f"etcd-{source}-loop.service").is_enabled, source
     return uuid_
 
