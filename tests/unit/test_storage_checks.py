@@ -144,7 +144,8 @@ def test_a_missing_volume_file_passes_the_checks(tmp_path: Path) -> None:
     assert rc == 0, output
 
 
-def test_a_luks_file_whose_host_key_file_is_gone_is_never_given_a_new_key(tmp_path: Path) -> None:
+def keyfile_checks_on_a_luks_file(tmp_path: Path) -> tuple[int, str, Path]:
+    """The checks with key source keyfile, on a file that is a LUKS volume, its key file in tmp_path."""
     volume = fake_luks_file(tmp_path / "volume.luks")
     rc, output = run_luks_file_checks(
         tmp_path,
@@ -154,6 +155,11 @@ def test_a_luks_file_whose_host_key_file_is_gone_is_never_given_a_new_key(tmp_pa
         "-e",
         f"__etcd_storage_keyfile={tmp_path / 'etcd-data.key'}",
     )
+    return rc, output, volume
+
+
+def test_a_luks_file_whose_host_key_file_is_gone_is_never_given_a_new_key(tmp_path: Path) -> None:
+    rc, output, volume = keyfile_checks_on_a_luks_file(tmp_path)
     assert rc != 0, output
     assert f"{volume} on localhost already holds a LUKS volume, but there is no key for it at" in output, (
         output
@@ -162,16 +168,8 @@ def test_a_luks_file_whose_host_key_file_is_gone_is_never_given_a_new_key(tmp_pa
 
 
 def test_a_luks_file_with_its_host_key_file_passes(tmp_path: Path) -> None:
-    volume = fake_luks_file(tmp_path / "volume.luks")
     (tmp_path / "etcd-data.key").write_bytes(b"x" * 64)
-    rc, output = run_luks_file_checks(
-        tmp_path,
-        volume,
-        "-e",
-        "etcd_storage_luks_key_source=keyfile",
-        "-e",
-        f"__etcd_storage_keyfile={tmp_path / 'etcd-data.key'}",
-    )
+    rc, output, _volume = keyfile_checks_on_a_luks_file(tmp_path)
     assert rc == 0, output
 
 
