@@ -204,7 +204,7 @@ def test_the_key_file_is_readable_by_root_only_and_named_in_crypttab(
     stolen = host.run(f"runuser -u etcd -- cat {key_file}")
     assert stolen.rc != 0 and "Permission denied" in stolen.stderr, stolen.stderr
     assert host.check_output("grep '^etcd-keyfile[[:space:]]' /etc/crypttab").split() == [
-        "etcd-keyfile", f"UUID={luks_uuid(host, 'keyfile')}", key_file, "luks,nofail,timeout=1min"
+        "etcd-keyfile", f"UUID={luks_uuid(host, 'keyfile')}", key_file, "luks,nofail,timeout=10min"
     ]  # fmt: skip
 
 
@@ -213,7 +213,7 @@ def test_the_tang_volume_opens_only_while_its_tang_server_answers(
 ) -> None:
     host, tang = host_of(topology.members[0]), host_of(topology.tang_servers[0])
     assert host.check_output("grep '^etcd-tang[[:space:]]' /etc/crypttab").split() == [
-        "etcd-tang", f"UUID={luks_uuid(host, 'tang')}", "none", "luks,_netdev,nofail,timeout=2min"
+        "etcd-tang", f"UUID={luks_uuid(host, 'tang')}", "none", "luks,_netdev,nofail,timeout=10min"
     ]  # fmt: skip
     assert not host.file("/etc/cryptsetup-keys.d/etcd-tang.key").exists, "a key file beside a tang volume"
     bindings = host.check_output(f"clevis luks list -d {volume_file('tang')}")
@@ -273,7 +273,9 @@ def test_after_a_reboot_the_tang_and_keyfile_volumes_open_by_themselves(
     host = host_of(rebooted_vm)
     for source, marker in key_source_volumes.items():
         mounted = host.run(f"findmnt -no SOURCE --mountpoint /srv/etcd-{source}")
-        assert mounted.stdout.strip() == f"/dev/mapper/etcd-{source}", f"{source}: {mounted.stdout}"
+        units = "-u 'systemd-cryptsetup@*' -u clevis-luks-askpass.service -u 'etcd-*-loop.service'"
+        journal = host.run(f"journalctl -b --no-pager {units}")
+        assert mounted.stdout.strip() == f"/dev/mapper/etcd-{source}", f"{source}: {journal.stdout[-3000:]}"
         assert host.check_output(f"cat /srv/etcd-{source}/marker") == marker
 
 

@@ -194,6 +194,22 @@ def test_tang_needs_the_servers_url_and_thumbprint(tmp_path: Path) -> None:
     assert "etcd_storage_luks_key_source: tang needs etcd_storage_luks_tang_url" in output, output
 
 
+def test_a_boot_unlock_timeout_that_is_no_time_span_is_refused(tmp_path: Path) -> None:
+    rc, output = run_luks_file_checks(
+        tmp_path,
+        tmp_path / "volume.luks",
+        "-e",
+        "etcd_storage_luks_key_source=keyfile",
+        "-e",
+        "etcd_storage_luks_boot_unlock_timeout=soon",
+    )
+    assert rc != 0, output
+    assert (
+        "etcd_storage_luks_boot_unlock_timeout must be a systemd time span such as 90s or 5min; localhost "
+        "has 'soon'. Nothing was changed." in output
+    ), output
+
+
 def tang_checks(tmp_path: Path, url: str) -> tuple[int, str]:
     return run_luks_file_checks(
         tmp_path,
