@@ -96,7 +96,16 @@ def test_etcd_runs_as_its_own_user_with_a_private_data_dir(topology: Topology, h
         assert (data_dir.user, data_dir.group, data_dir.mode) == ("etcd", "etcd", 0o700)  # CIS 1.1.11/12
 
 
-@pytest.mark.parametrize("path", ["/etc/systemd/system/etcd.service", "/etc/default/etcd"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/etc/systemd/system/etcd.service",
+        # The drop-ins are part of etcd's unit (the audit found them 0644).
+        "/etc/systemd/system/etcd.service.d/10-etcd-firewall.conf",
+        "/etc/systemd/system/etcd.service.d/20-etcd-apparmor.conf",
+        "/etc/default/etcd",
+    ],
+)
 def test_configuration_files_are_root_only(topology: Topology, host_of: HostOf, path: str) -> None:
     for member in topology.members:
         f = host_of(member).file(path)
