@@ -28,7 +28,7 @@ endif
 # a podman exec and a Python start), so side by side saves only the waits; see README, Tests.
 MOLECULE_SCENARIOS := default debian12 vm
 
-.PHONY: help deps venv images checks-then-containers checks-then-containers-niced lab lab-down lab-verify lint unit molecule test test-vm bench clean
+.PHONY: help deps venv images checks-then-containers checks-then-containers-niced lab lab-down lab-verify lint unit molecule test test-vm bench drift audit clean
 
 help:
 	@echo "make lab       start the local lab (podman) and harden it with playbooks/site.yml"
@@ -36,6 +36,8 @@ help:
 	@echo "make lab-verify run the integration tests (the attacks) against the lab"
 	@echo "make test      lint, unit tests and molecule scenarios ($(MOLECULE_SCENARIOS))"
 	@echo "make test-vm   only the VM tier (qemu): AppArmor enforcement and LUKS on a real kernel"
+	@echo "make drift     check mode on the lab: list what a run would change, non-zero on drift"
+	@echo "make audit     judge every control on every lab host (CIS ids), non-zero on any failure"
 	@echo "make bench     time a fresh converge, a no-op re-run and a check-mode run of the lab"
 
 # Debian packages: installed only when one is missing, so re-runs are quick.
@@ -112,6 +114,17 @@ checks-then-containers: lint unit
 # attacker, for what containers cannot show (AppArmor enforcement, LUKS).
 test-vm: images
 	molecule test -s vm
+
+# Drift in the lab: the site playbook in check mode with --diff; exit 1 on drift, 2 when the run
+# fails. For a real inventory: .venv/bin/python scripts/drift.py -i inventory/<env> (see README).
+drift: venv
+	python scripts/drift.py -i inventory/lab
+
+# The compliance audit of the lab: read-only evidence from every host (playbooks/audit.yml),
+# judged by scripts/audit.py; also writes JUnit XML for CI. Exit 1 on any failed control.
+audit: venv
+	mkdir -p .lab/reports
+	python scripts/audit.py -i inventory/lab --json .lab/reports/audit.json --junit .lab/reports/audit.xml
 
 bench: deps venv
 	python scripts/bench.py
