@@ -1,0 +1,264 @@
+"""The audit judges evidence: each control passes, fails with a reason, or is not applicable.
+
+The integration tests collect real evidence from the lab and loosen real hosts; these pin down the
+judging itself, on static pods, units, handshake transcripts and nft tables as the hosts print them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+
+from audit import (
+    FAIL,
+    NA,
+    PASS,
+    Check,
+    firewall_verdict,
+    flags_from_unit,
+    judge,
+    junit,
+    tls_verdict,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+NOW = datetime.datetime(2026, 11, 24, tzinfo=datetime.UTC)
+
+
+def statuses(checks: list[Check]) -> dict[str, str]:
+    return {c.cis or c.id: c.status for c in checks}
+
+
+def run_audit(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts/audit.py"), *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_a_known_bad_kubeadm_manifest_fails_exactly_the_loosened_controls() -> None:
+    result = run_audit("--kubeadm-etcd-manifest", str(FIXTURES / "kubeadm-etcd-bad.yaml"), "--json", "-")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    failed = {c["cis"]: c["detail"] for c in report["checks"] if c["status"] == FAIL}
+    assert failed == {
+        "2.1": "--key-file not set",
+        "2.2": "--client-cert-auth=false",
+        "2.3": "--auto-tls=true",
+        "2.5": "--peer-client-cert-auth=false (not set)",
+        "2.6": "--peer-auto-tls=true",
+    }
+    assert report["summary"] == {"pass": 1, "fail": 5, "n/a": 0}
+
+
+def test_kubeadms_own_manifest_passes_the_flag_controls() -> None:
+    result = run_audit("--kubeadm-etcd-manifest", str(FIXTURES / "kubeadm-etcd-good.yaml"))
+    assert result.returncode == 0, result.stdout
+    assert "6 passed, 0 failed, 0 not applicable" in result.stdout
+
+
+def test_the_unit_is_read_as_systemd_reads_it_drop_ins_last() -> None:
+    unit = (
+        "# /etc/systemd/system/etcd.service\n[Service]\n"
+        "ExecStart=/usr/bin/etcd \\\n  --client-cert-auth=true \\\n"
+        "  --data-dir=/var/lib/etcd/lab\n\n# /etc/systemd/system/etcd.service.d/debug.conf\n[Service]\n"
+        "ExecStart=\nExecStart=/usr/bin/etcd --client-cert-auth=false --data-dir /srv/etcd\n"
+    )
+    assert flags_from_unit(unit) == {"client-cert-auth": "false", "data-dir": "/srv/etcd"}
+
+
+def test_the_environment_file_counts_only_where_the_command_line_is_silent() -> None:
+    member = {
+        "source": "systemd",
+        "config_text": "ExecStart=/usr/bin/etcd --client-cert-auth=true\n",
+        "environment_text": "ETCD_CLIENT_CERT_AUTH=false\nETCD_PEER_AUTO_TLS=true\n",
+    }
+    result = statuses(judge([{"host": "m1", "member": member}], NOW))
+    assert (result["2.2"], result["2.6"]) == (PASS, FAIL)
+
+
+# As OpenSSL 3.5 prints them (trimmed by the role's grep): it names the protocol it tried even
+# when the server refused it.
+CLIENT_CERT_DEMANDED = """== tls1.1
+40072956127F0000:error:0A00042E:SSL routines:ssl3_read_bytes:tlsv1 alert protocol version:SSL alert number 70
+New, (NONE), Cipher is (NONE)
+Protocol: TLSv1.1
+    Protocol  : TLSv1.1
+== default
+Acceptable client certificate CA names
+New, TLSv1.3, Cipher is TLS_AES_128_GCM_SHA256
+Protocol: TLSv1.3
+4037:error:0A00045C:SSL routines:ssl3_read_bytes:tlsv13 alert certificate required:SSL alert number 116
+"""
+
+
+def test_a_served_policy_is_judged_from_the_handshakes() -> None:
+    assert tls_verdict(CLIENT_CERT_DEMANDED) == (
+        PASS,
+        "TLS 1.1 refused; TLSv1.3 with a client certificate demanded",
+    )
+    no_client_cert = CLIENT_CERT_DEMANDED.replace("Acceptable client certificate CA names\n", "")
+    assert tls_verdict(no_client_cert)[0] == FAIL
+    old_accepted = (
+        "== tls1.1\nNew, TLSv1.1, Cipher is ECDHE-RSA-AES256-SHA\n    Protocol  : TLSv1.1\n== default\n"
+    )
+    assert tls_verdict(old_accepted) == (FAIL, "a TLS 1.1 handshake succeeded")
+    assert tls_verdict("== tls1.1\nconnect:errno=111\n== default\nconnect:errno=111\n")[0] == FAIL
+
+
+def nft_table(clients: list[Any], final: str = "drop") -> str:
+    def nft_set(name: str, elements: list[Any]) -> dict[str, Any]:
+        return {"set": {"family": "inet", "table": "etcd_firewall", "name": name, "elem": elements}}
+
+    return json.dumps(
+        {
+            "nftables": [
+                nft_set("clients_v4", clients),
+                nft_set("clients_v6", ["::1"]),
+                {"rule": {"chain": "input", "expr": [{"match": {}}, {"accept": None}]}},
+                {"rule": {"chain": "input", "expr": [{"match": {}}, {final: None}]}},
+            ]
+        }
+    )
+
+
+EXPECTED_FIREWALL = {
+    "table": "etcd_firewall",
+    "rules": {"clients": {"port": "2379", "sources": ["127.0.0.0/8", "::1", "10.90.24.11", "10.90.24.21"]}},
+}
+
+
+def test_the_firewall_must_let_in_exactly_the_inventorys_sources() -> None:
+    good = [{"prefix": {"addr": "127.0.0.0", "len": 8}}, "10.90.24.11", "10.90.24.21"]
+    member: dict[str, Any] = {"firewall": nft_table(good), "expected": {"firewall": EXPECTED_FIREWALL}}
+    assert firewall_verdict(member)[0] == PASS
+    member["firewall"] = nft_table([*good, {"prefix": {"addr": "10.90.24.0", "len": 24}}])
+    status, detail = firewall_verdict(member)
+    assert status == FAIL and "extra ['10.90.24.0/24']" in detail, detail
+    member["firewall"] = nft_table(good, final="counter")
+    assert firewall_verdict(member) == (FAIL, "no final drop for the etcd ports")
+    member["firewall"] = ""
+    assert firewall_verdict(member) == (FAIL, "table inet etcd_firewall is not loaded")
+
+
+def self_signed(name: str, days: int) -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - datetime.timedelta(days=1))
+        .not_valid_after(NOW + datetime.timedelta(days=days))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(Encoding.PEM).decode()
+
+
+def test_certificates_inside_the_renewal_window_and_a_shared_ca_fail() -> None:
+    etcd_ca = self_signed("etcd-ca", 3650)
+    member: dict[str, Any] = {
+        "source": "systemd",
+        "config_text": "ExecStart=/usr/bin/etcd --cert-file=/s --peer-cert-file=/p --trusted-ca-file=/ca\n",
+        "certificates": {
+            "cert-file": self_signed("s", 5),
+            "peer-cert-file": self_signed("p", 400),
+            "trusted-ca-file": etcd_ca,
+        },
+        "expected": {"renewal_days": 30},
+    }
+    checks = {c.id: c for c in judge([{"host": "m1", "member": member}], NOW)}
+    assert checks["etcd-cert-file-expiry"].status == FAIL
+    assert "5 days left, inside the 30-day renewal window" in checks["etcd-cert-file-expiry"].detail
+    assert checks["etcd-peer-cert-file-expiry"].status == PASS
+    assert checks["etcd-own-ca"].status == NA  # no Kubernetes CA on the host: not a pass
+    member["certificates"]["kubernetes-ca"] = etcd_ca
+    checks = {c.id: c for c in judge([{"host": "m1", "member": member}], NOW)}
+    assert (checks["etcd-own-ca"].status, checks["etcd-own-ca"].detail) == (
+        FAIL,
+        "etcd trusts the Kubernetes CA itself",
+    )
+
+
+def test_modes_and_owners_are_judged_against_cis() -> None:
+    member = {
+        "source": "systemd",
+        "config_files": ["/etc/systemd/system/etcd.service"],
+        "config_text": "ExecStart=/usr/bin/etcd --data-dir=/var/lib/etcd/x --key-file=/k --peer-key-file=/pk",
+        "stats": {
+            "/etc/systemd/system/etcd.service": {
+                "exists": True,
+                "mode": "0644",
+                "pw_name": "root",
+                "gr_name": "root",
+            },
+            "/var/lib/etcd/x": {"exists": True, "mode": "0755", "pw_name": "etcd", "gr_name": "etcd"},
+            "/k": {"exists": True, "mode": "0600", "pw_name": "etcd", "gr_name": "etcd"},
+            "/pk": {"exists": True, "mode": "0640", "pw_name": "nobody", "gr_name": "etcd"},
+        },
+        "expected": {"user": "etcd"},
+    }
+    checks = {c.id: c for c in judge([{"host": "m1", "member": member}], NOW)}
+    assert checks["etcd-config-mode"].status == FAIL and "mode 0644" in checks["etcd-config-mode"].detail
+    assert checks["etcd-config-owner"].status == PASS
+    assert checks["etcd-data-dir-mode"].detail == "/var/lib/etcd/x: mode 0755 (want 0700 or stricter)"
+    assert checks["etcd-data-dir-owner"].status == PASS
+    assert checks["etcd-key-file-mode"].status == PASS
+    assert checks["etcd-peer-key-file-mode"].detail.startswith(
+        "/pk: mode 0640 (want 0600 or stricter), owner nobody:etcd"
+    )
+
+
+def test_apparmor_without_a_kernel_that_has_it_is_not_applicable_never_a_pass() -> None:
+    member = {
+        "running": {"pid": "42", "apparmor_kernel": ""},
+        "mount": "tmpfs tmpfs",
+        "expected": {"storage_mode": "tmpfs"},
+    }
+    checks = {c.id: c for c in judge([{"host": "m1", "member": member}], NOW)}
+    assert checks["etcd-apparmor"].status == NA
+    assert checks["etcd-data-at-rest"].status == PASS
+    member["running"] = {"pid": "42", "apparmor_kernel": "Y", "apparmor": "etcd (complain)"}
+    member["mount"] = "ext4 /dev/vda1"
+    checks = {c.id: c for c in judge([{"host": "m1", "member": member}], NOW)}
+    assert checks["etcd-apparmor"].status == FAIL
+    assert (checks["etcd-data-at-rest"].status, checks["etcd-data-at-rest"].detail) == (
+        FAIL,
+        "ext4 on /dev/vda1 (disk)",
+    )
+
+
+def test_an_apiserver_without_a_manifest_is_not_applicable_and_a_loose_one_fails() -> None:
+    assert {c.status for c in judge([{"host": "a1", "apiserver": {"manifest_text": ""}}])} == {NA}
+    manifest = "spec:\n  containers:\n  - command: [kube-apiserver, --etcd-cafile=/ca, --etcd-certfile=/c]\n"
+    result = statuses(judge([{"host": "a1", "apiserver": {"manifest_text": manifest}}]))
+    assert result == {"1.2.26": FAIL, "1.2.29": PASS, "1.2.30": FAIL}
+
+
+def test_junit_has_a_failure_per_failed_check_and_skips_what_does_not_apply() -> None:
+    checks = [
+        Check("m1", "a", "2.2", "client auth", FAIL, "--client-cert-auth=false"),
+        Check("m1", "b", "", "apparmor", NA, "no AppArmor"),
+        Check("m1", "c", "2.1", "cert", PASS, "ok"),
+    ]
+    suite = ET.fromstring(junit(checks)).find("testsuite")
+    assert suite is not None
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("3", "1", "1")
+    failure = suite.find("testcase/failure")
+    assert failure is not None and failure.get("message") == "--client-cert-auth=false"
