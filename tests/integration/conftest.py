@@ -49,6 +49,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "platform_independent: tests the play's own logic, the same on every platform; the debian12 "
         "scenario leaves it to default (each is a long site run, and make test is CPU-bound)",
     )
+    config.addinivalue_line(
+        "markers",
+        "debian12_only: a long test run in the debian12 scenario only, where make test has time to "
+        "spare; default leaves it out (it holds the platform_independent ones)",
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

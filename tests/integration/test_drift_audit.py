@@ -1,0 +1,192 @@
+"""Drift detection and the compliance audit, against the converged lab.
+
+After converge both are clean. Then five real drifts, each on its own member and control, are made
+at once (one round of check run, audit and repair instead of five, to keep `make test` within its
+time): a key made 0644, client-cert-auth switched off in etcd's unit, the firewall table deleted, a
+member certificate replaced by one (signed by the etcd CA) that expires in 5 days, and the data
+directory loosened to 0755. Each must be reported by `scripts/drift.py` and by `scripts/audit.py`,
+each exiting non-zero, and one converge must repair them all.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from testinfra.host import Host
+
+from conftest import REPO, Topology, run_site
+
+# Long (two check runs, two audits and a converge): in the debian12 scenario only, which has time
+# to spare in `make test`; it runs there on etcd 3.4 with members on disk and on tmpfs.
+pytestmark = [pytest.mark.changes_cluster(order=0), pytest.mark.debian12_only]
+
+HostOf = Callable[[str], Host]
+KEY, CERT = "/etc/etcd/pki/server.key", "/etc/etcd/pki/server.crt"
+UNIT = "/etc/systemd/system/etcd.service"
+
+
+@dataclass(frozen=True)
+class Report:
+    returncode: int
+    output: str
+    data: dict[str, Any]
+
+
+def script_env() -> dict[str, str]:
+    return dict(
+        os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0"
+    )
+
+
+def drift(topology: Topology, tmp_path: Path) -> Report:
+    report = tmp_path / "drift.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts/drift.py"), "-i", str(topology.inventory),
+         "--report", str(report)],
+        capture_output=True, text=True, check=False, env=script_env(),
+    )  # fmt: skip
+    data = json.loads(report.read_text()) if report.exists() else {}
+    return Report(done.returncode, done.stdout + done.stderr[-3000:], data)
+
+
+def audit(topology: Topology, tmp_path: Path) -> Report:
+    report, junit = tmp_path / "audit.json", tmp_path / "audit.xml"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts/audit.py"), "-i", str(topology.inventory),
+         "--json", str(report), "--junit", str(junit)],
+        capture_output=True, text=True, check=False, env=script_env(),
+    )  # fmt: skip
+    data = json.loads(report.read_text()) if report.exists() else {}
+    return Report(done.returncode, done.stdout + done.stderr[-3000:], data)
+
+
+def failed(report: Report) -> set[tuple[str, str]]:
+    return {(c["host"], c["id"]) for c in report.data.get("checks", []) if c["status"] == "fail"}
+
+
+def test_after_converge_drift_and_audit_are_clean(topology: Topology, tmp_path: Path) -> None:
+    checked = drift(topology, tmp_path)
+    assert checked.returncode == 0, checked.output
+    assert "no drift: a real run would change nothing" in checked.output
+    audited = audit(topology, tmp_path)
+    assert audited.returncode == 0 and not failed(audited), audited.output
+    checks = audited.data["checks"]
+    # Every member is judged on every control, and n/a only where the lab cannot show it.
+    assert {c["host"] for c in checks} == set(topology.members + topology.apiservers)
+    not_applicable = {c["id"] for c in checks if c["status"] == "n/a"}
+    assert not_applicable <= {"etcd-apparmor", "etcd-own-ca", "apiserver-etcd-cert-key", "apiserver-etcd-ca",
+                              "apiserver-encryption"}, not_applicable  # fmt: skip
+    passed = {(c["host"], c["cis"]) for c in checks if c["status"] == "pass"}
+    for member in topology.members:
+        cis_ids = ("2.1", "2.2", "2.3", "2.4", "2.5", "2.6", "1.1.7", "1.1.8", "1.1.11", "1.1.12")
+        assert {(member, cis) for cis in cis_ids} <= passed
+
+
+def expiring_certificate(topology: Topology, current_pem: str, days: int) -> bytes:
+    """The member's own certificate, re-signed by the etcd CA (on the controller) to expire soon."""
+    pki_dir = REPO / ".lab/pki" / topology.cluster_vars["etcd_cluster_name"]
+    passphrase = topology.cluster_vars.get("etcd_pki_ca_passphrase")
+    ca_key = serialization.load_pem_private_key(
+        (pki_dir / "etcd-ca.key").read_bytes(), passphrase.encode() if passphrase else None
+    )
+    ca_cert = x509.load_pem_x509_certificate((pki_dir / "etcd-ca.crt").read_bytes())
+    current = x509.load_pem_x509_certificate(current_pem.encode())
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(current.subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(current.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+    )
+    for extension in current.extensions:
+        if extension.oid != x509.oid.ExtensionOID.AUTHORITY_KEY_IDENTIFIER:
+            builder = builder.add_extension(extension.value, extension.critical)
+    # Python's ssl (the play's health checks) insists on it.
+    builder = builder.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+            ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        ),
+        critical=False,
+    )
+    signed = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    return signed.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(scope="module")
+def drifted(
+    topology: Topology, host_of: HostOf, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Report, Report]:
+    first, second, third = topology.members[:3]
+    data_dir = f"/var/lib/etcd/{topology.cluster_vars['etcd_cluster_name']}"
+    host_of(first).check_output(f"chmod 0644 {KEY}")
+    host_of(first).check_output(f"sed -i 's/--client-cert-auth=true/--client-cert-auth=false/' {UNIT}")
+    host_of(second).check_output("nft delete table inet etcd_firewall")
+    soon = expiring_certificate(topology, host_of(second).check_output(f"cat {CERT}") + "\n", days=5)
+    subprocess.run(
+        ["podman", "exec", "-i", second, "sh", "-c",
+         f"cat > {CERT}.new && chown --reference={CERT} {CERT}.new && chmod --reference={CERT} {CERT}.new "
+         f"&& mv {CERT}.new {CERT}"],
+        input=soon, check=True,
+    )  # fmt: skip
+    host_of(third).check_output(f"chmod 0755 {data_dir}")
+    tmp_path = tmp_path_factory.mktemp("drifted")
+    return drift(topology, tmp_path), audit(topology, tmp_path)
+
+
+def test_drift_reports_each_change_and_exits_non_zero(
+    topology: Topology, drifted: tuple[Report, Report]
+) -> None:
+    checked, _ = drifted
+    assert checked.returncode == 1, checked.output
+    first, second, third = topology.members[:3]
+    changes = [(c["host"], c["task"], " ".join(c["what"])) for c in checked.data["changes"]]
+
+    def reported(host: str, *words: str) -> bool:
+        return any(h == host and all(w in f"{task} {what}" for w in words) for h, task, what in changes)
+
+    # The PKI role handles keys with no_log: the task, not the diff, says which key.
+    assert reported(first, "private key", "server"), changes
+    assert reported(first, UNIT), changes
+    assert reported(second, "irewall"), changes
+    assert reported(second, "server"), changes  # the certificate re-issued inside its renewal window
+    assert reported(third, "mode 0755 -> 0700"), changes
+
+
+def test_the_audit_fails_each_loosened_control_and_exits_non_zero(
+    topology: Topology, drifted: tuple[Report, Report]
+) -> None:
+    _, audited = drifted
+    assert audited.returncode == 1, audited.output
+    first, second, third = topology.members[:3]
+    assert failed(audited) == {
+        (first, "etcd-key-file-mode"),
+        (first, "etcd-client-cert-auth"),
+        (second, "etcd-firewall"),
+        (second, "etcd-cert-file-expiry"),
+        (third, "etcd-data-dir-mode"),
+    }, audited.output
+
+
+def test_a_converge_repairs_every_drift_and_both_are_clean_again(
+    topology: Topology, drifted: tuple[Report, Report], tmp_path: Path
+) -> None:
+    result = run_site(topology)
+    assert result.returncode == 0, result.stdout[-5000:]
+    checked = drift(topology, tmp_path)
+    assert checked.returncode == 0, checked.output
+    audited = audit(topology, tmp_path)
+    assert audited.returncode == 0 and not failed(audited), audited.output
