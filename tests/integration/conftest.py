@@ -169,13 +169,17 @@ def run_site(topology: Topology, *args: str) -> subprocess.CompletedProcess[str]
     return run_playbook(topology, REPO / "playbooks/site.yml", *args)
 
 
-def run_playbook(topology: Topology, playbook: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run a playbook against the topology's inventory with the project's configuration."""
+def ansible_env() -> dict[str, str]:
+    """The environment for Ansible runs: the project's configuration, plain text output."""
     # Plain text for the tests that read the recap: molecule's verify step sets ANSIBLE_FORCE_COLOR,
     # which wins over ANSIBLE_NOCOLOR.
-    env = dict(
+    return dict(
         os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0"
     )
+
+
+def run_playbook(topology: Topology, playbook: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a playbook against the topology's inventory with the project's configuration."""
     return subprocess.run(
         [
             str(Path(sys.executable).parent / "ansible-playbook"),
@@ -186,7 +190,7 @@ def run_playbook(topology: Topology, playbook: Path, *args: str) -> subprocess.C
         ],
         capture_output=True,
         text=True,
-        env=env,
+        env=ansible_env(),
         cwd=REPO,
         check=False,
     )

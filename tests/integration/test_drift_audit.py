@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from testinfra.host import Host
 
-from conftest import REPO, Topology, run_site
+from conftest import REPO, Topology, ansible_env, run_site
 
 # Long (two check runs, two audits and a converge): in the debian12 scenario only, which has time
 # to spare in `make test`; it runs there on etcd 3.4 with members on disk and on tmpfs.
@@ -43,32 +42,24 @@ class Report:
     data: dict[str, Any]
 
 
-def script_env() -> dict[str, str]:
-    return dict(
-        os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0"
-    )
+def run_script(topology: Topology, script: str, report: Path, *args: str) -> Report:
+    """Run one of scripts/ against the topology's inventory; read the JSON report it wrote."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / script), "-i", str(topology.inventory), *args],
+        capture_output=True, text=True, check=False, env=ansible_env(),
+    )  # fmt: skip
+    data = json.loads(report.read_text()) if report.exists() else {}
+    return Report(done.returncode, done.stdout + done.stderr[-3000:], data)
 
 
 def drift(topology: Topology, tmp_path: Path) -> Report:
     report = tmp_path / "drift.json"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "scripts/drift.py"), "-i", str(topology.inventory),
-         "--report", str(report)],
-        capture_output=True, text=True, check=False, env=script_env(),
-    )  # fmt: skip
-    data = json.loads(report.read_text()) if report.exists() else {}
-    return Report(done.returncode, done.stdout + done.stderr[-3000:], data)
+    return run_script(topology, "drift.py", report, "--report", str(report))
 
 
 def audit(topology: Topology, tmp_path: Path) -> Report:
     report, junit = tmp_path / "audit.json", tmp_path / "audit.xml"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "scripts/audit.py"), "-i", str(topology.inventory),
-         "--json", str(report), "--junit", str(junit)],
-        capture_output=True, text=True, check=False, env=script_env(),
-    )  # fmt: skip
-    data = json.loads(report.read_text()) if report.exists() else {}
-    return Report(done.returncode, done.stdout + done.stderr[-3000:], data)
+    return run_script(topology, "audit.py", report, "--json", str(report), "--junit", str(junit))
 
 
 def failed(report: Report) -> set[tuple[str, str]]:
