@@ -505,6 +505,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         evidence = [kubeadm_manifest_evidence(args.kubeadm_etcd_manifest)]
     checks = judge(evidence)
+    if not checks:
+        # A wrong inventory or --limit must not pass for a clean audit.
+        sys.stderr.write("no host was audited: no etcd member or apiserver in the evidence\n")
+        return 2
     failed = any(c.status == FAIL for c in checks)
     if args.json:
         summary = {status: sum(c.status == status for c in checks) for status in (PASS, FAIL, NA)}

@@ -262,3 +262,8 @@ def test_junit_has_a_failure_per_failed_check_and_skips_what_does_not_apply() ->
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("3", "1", "1")
     failure = suite.find("testcase/failure")
     assert failure is not None and failure.get("message") == "--client-cert-auth=false"
+
+
+def test_an_audit_of_no_host_is_no_verdict(tmp_path: Path) -> None:
+    result = run_audit("--evidence-dir", str(tmp_path))
+    assert result.returncode == 2 and "no host was audited" in result.stderr, result.stdout
