@@ -8,6 +8,7 @@ attacks the hardening must stop and the requests it must still serve:
     etcd_probe.py request https://10.0.0.1:2379/health --cacert ca.crt --tls-version 1.1
     etcd_probe.py kv put /probe/key value --endpoint https://10.0.0.1:2379 --cacert ... --cert ... --key ...
     etcd_probe.py kv get /probe/key --endpoint ...
+    etcd_probe.py kv delete-prefix /probe/ --endpoint ...
     etcd_probe.py tcp 10.0.0.1 2381
     etcd_probe.py watch-writes --endpoints https://a:2379,https://b:2379 --stop-file /tmp/stop ...
 
@@ -176,10 +177,19 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def kv_request(action: str, key: str, value: str | None) -> tuple[str, bytes]:
-    """Path and body of an etcd v3 JSON-gateway request (keys and values are base64)."""
+def kv_request(action: str, key: str, value: str | None, *, value_base64: bool = False) -> tuple[str, bytes]:
+    """Path and body of an etcd v3 JSON-gateway request (keys and values are base64).
+
+    With value_base64 the value is already base64: raw bytes, such as a Secret as the
+    kube-apiserver stores it.
+    """
     if action == "put":
-        return "/v3/kv/put", json.dumps({"key": b64(key), "value": b64(value or "")}).encode()
+        encoded = (value or "") if value_base64 else b64(value or "")
+        return "/v3/kv/put", json.dumps({"key": b64(key), "value": encoded}).encode()
+    if action == "delete-prefix":
+        # etcd's range end for "every key under this prefix": the prefix with its last byte raised.
+        end = key[:-1] + chr(ord(key[-1]) + 1)
+        return "/v3/kv/deleterange", json.dumps({"key": b64(key), "range_end": b64(end)}).encode()
     return "/v3/kv/range", json.dumps({"key": b64(key)}).encode()
 
 
@@ -294,11 +304,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     req.add_argument("url")
     req.add_argument("--method", default="GET")
     req.add_argument("--data", help="request body")
-    kv = sub.add_parser("kv", parents=[tls], help="put or get a key through the v3 JSON gateway")
-    kv.add_argument("action", choices=("put", "get"))
+    kv = sub.add_parser("kv", parents=[tls], help="put, get or delete keys through the v3 JSON gateway")
+    kv.add_argument("action", choices=("put", "get", "delete-prefix"))
     # Its own dest: "key" is the TLS client key's (--key), which argparse would let overwrite it.
     kv.add_argument("etcd_key", metavar="key", help="the etcd key")
     kv.add_argument("value", nargs="?")
+    kv.add_argument("--value-base64", action="store_true", help="the value is base64 of raw bytes")
     kv.add_argument("--endpoint", required=True, help="e.g. https://10.0.0.1:2379")
     watch = sub.add_parser("watch-writes", parents=[tls], help="keep writing until told to stop")
     watch.add_argument("--endpoints", required=True, help="comma-separated client URLs")
@@ -347,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             data = args.data.encode() if args.data is not None else None
             outcome = request(args.url, ctx, args.method, data, args.timeout)
         else:
-            path, body = kv_request(args.action, args.etcd_key, args.value)
+            path, body = kv_request(args.action, args.etcd_key, args.value, value_base64=args.value_base64)
             outcome = request(args.endpoint.rstrip("/") + path, ctx, "POST", body, args.timeout)
             if outcome.served and args.action == "get":
                 outcome.body = json.dumps(kv_values(outcome.body))

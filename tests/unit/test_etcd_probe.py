@@ -241,6 +241,13 @@ def test_kv_requests_are_base64_json() -> None:
     assert path == "/v3/kv/put"
     assert json.loads(body) == {"key": "L2E=", "value": "Yg=="}
     assert etcd_probe.kv_request("get", "/a", None)[0] == "/v3/kv/range"
+    # Raw bytes (an encrypted Secret) arrive already in base64 and are sent as they are.
+    raw = base64.b64encode(b"k8s:enc:aescbc:v1:k1:\x00\xff").decode()
+    _, body = etcd_probe.kv_request("put", "/a", raw, value_base64=True)
+    assert json.loads(body)["value"] == raw
+    path, body = etcd_probe.kv_request("delete-prefix", "/registry/secrets/ns/", None)
+    assert path == "/v3/kv/deleterange"
+    assert base64.b64decode(json.loads(body)["range_end"]) == b"/registry/secrets/ns0"
     assert etcd_probe.kv_values('{"kvs":[{"value":"Yg=="}]}') == ["b"]
     assert etcd_probe.kv_values("{}") == []
 
