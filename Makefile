@@ -18,6 +18,9 @@ APT_PACKAGES := podman runc netavark aardvark-dns iptables slirp4netns uidmap fu
 export PATH := $(BIN):$(PATH)
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# The lab's own vault password (made on first use, in .lab/): the lab's controller-side keys (LUKS,
+# Secrets encryption) are vault-encrypted as a real cluster's are.
+export ANSIBLE_VAULT_PASSWORD_FILE := $(CURDIR)/scripts/lab_vault_password.py
 ifdef CI
 export NO_COLOR := 1
 export ANSIBLE_NOCOLOR := 1

@@ -117,6 +117,16 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
         {"etcd_storage_mode": "nvme"},
         r"etcd_storage_mode.*must be one of: tmpfs, luks, disk, got: nvme",
     ),
+    "unknown encryption provider": (
+        topology(),
+        {"kube_apiserver_etcd_encryption_providers": ["aescbc", "rot13"]},
+        r"kube_apiserver_etcd_encryption_providers must list, once each .* It is \['aescbc', 'rot13'\]\.",
+    ),
+    "kms without its plugin's name": (
+        topology(),
+        {"kube_apiserver_etcd_encryption_providers": ["kms", "secretbox"]},
+        r"The kms provider needs kube_apiserver_etcd_kms_name",
+    ),
     "missing apiserver group": (
         {"vars": dict(NEVER), "children": {"etcd": topology()["children"]["etcd"]}},
         {},

@@ -1,0 +1,1 @@
+../../../scripts/etcd_probe.py
