@@ -29,6 +29,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from testinfra.host import Host
 
 REPO = Path(__file__).resolve().parents[2]
+# tests/kube_envelope.py: Secrets encrypted as the kube-apiserver encrypts them.
+sys.path.insert(0, str(REPO / "tests"))
 PROBE_PATH = "/usr/local/bin/etcd-probe"
 FOREIGN_DIR = "/root/foreign-ca"
 
@@ -194,6 +196,17 @@ def run_playbook(topology: Topology, playbook: Path, *args: str) -> subprocess.C
         cwd=REPO,
         check=False,
     )
+
+
+def unvault(path: Path) -> bytes:
+    """A file the play vault-encrypted on the controller, decrypted with the lab's vault password."""
+    from ansible.parsing.vault import VaultLib, VaultSecret
+
+    password = subprocess.run(
+        [str(REPO / "scripts/lab_vault_password.py")], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    plain: bytes = VaultLib([("default", VaultSecret(password.encode()))]).decrypt(path.read_bytes())
+    return plain
 
 
 def podman(*args: str) -> subprocess.CompletedProcess[str]:

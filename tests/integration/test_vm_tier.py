@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible.parsing.vault import VaultLib, VaultSecret
 from testinfra.host import Host
 
 from conftest import (
@@ -32,6 +31,7 @@ from conftest import (
     assert_summary_tells_the_truth_about_apparmor,
     run_playbook,
     run_site,
+    unvault,
 )
 
 pytestmark = pytest.mark.vm
@@ -86,13 +86,7 @@ def vm_disk(member: str, name: str) -> Path:
 def controller_key(topology: Topology, member: str) -> str:
     """The member's LUKS key, decrypted from the controller's vault file as the play does."""
     key_dir = REPO / ".lab/luks" / str(topology.cluster_vars["etcd_cluster_name"])
-    password = subprocess.run(
-        [str(REPO / "scripts/lab_vault_password.py")], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    secret = VaultSecret(password.encode())
-    vault = VaultLib([("default", secret)])
-    plain: bytes = vault.decrypt((key_dir / f"{member}.key.vault").read_bytes())
-    return plain.decode().strip()
+    return unvault(key_dir / f"{member}.key.vault").decode().strip()
 
 
 def grep_file(path: Path, needle: bytes) -> bool:

@@ -1,0 +1,384 @@
+"""The apiserver side: its etcd flags, Secrets encrypted at rest, and the scanner that proves it.
+
+No kube-apiserver runs in the lab: its control-plane host carries the static pod kubeadm would
+have written (roles/lab_control_plane), which kube_apiserver_etcd edits. The scanner reads the
+lab's real etcd over mTLS, with Secrets written the way the apiserver writes them
+(tests/kube_envelope.py: an encryption of its own, not the scanner's).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from testinfra.host import Host
+
+from conftest import APISERVER_CREDS, REPO, Topology, run_playbook, run_site, unvault
+from kube_envelope import encrypt, secret_object
+
+# The play's own logic, the same on every platform: the default scenario runs it.
+pytestmark = pytest.mark.platform_independent
+
+HostOf = Callable[[str], Host]
+Probe = Callable[..., dict[str, Any]]
+Scanner = Callable[..., subprocess.CompletedProcess[str]]
+CONFIG = "/etc/kubernetes/encryption/encryption-config.yaml"
+MANIFEST = "/etc/kubernetes/manifests/kube-apiserver.yaml"
+TOOLS = "/usr/local/lib/etcd-toolkit"
+ETCD_FLAGS = ("etcd-servers", "etcd-cafile", "etcd-certfile", "etcd-keyfile")
+
+
+def endpoint(topology: Topology) -> str:
+    return f"https://{topology.addresses[topology.members[0]]}:2379"
+
+
+def put_raw(topology: Topology, probe: Probe, etcd_key: str, value: bytes) -> None:
+    """Bytes into etcd as they are (a Secret as the apiserver stores it), with the apiserver's certificate."""
+    encoded = base64.b64encode(value).decode()
+    args = (
+        "kv",
+        "put",
+        etcd_key,
+        encoded,
+        "--value-base64",
+        "--endpoint",
+        endpoint(topology),
+        *APISERVER_CREDS,
+    )
+    done = probe(topology.apiservers[0], *args)
+    assert done["served"], done
+
+
+def delete_prefix(topology: Topology, probe: Probe, prefix: str) -> None:
+    args = ("kv", "delete-prefix", prefix, "--endpoint", endpoint(topology), *APISERVER_CREDS)
+    assert probe(topology.apiservers[0], *args)["served"]
+
+
+def key_file(topology: Topology) -> Path:
+    return REPO / ".lab/encryption" / str(topology.cluster_vars["etcd_cluster_name"]) / "keys.yml.vault"
+
+
+def host_config(host: Host) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(host.file(CONFIG).content_string)
+    return config
+
+
+def flags(manifest_text: str) -> dict[str, list[str]]:
+    command = yaml.safe_load(manifest_text)["spec"]["containers"][0]["command"]
+    found: dict[str, list[str]] = {}
+    for argument in command[1:]:
+        name, _, value = argument[2:].partition("=")
+        found.setdefault(name, []).append(value)
+    return found
+
+
+def test_the_encryption_config_is_root_only_and_holds_the_controllers_key(
+    topology: Topology, host_of: HostOf
+) -> None:
+    for apiserver in topology.apiservers:
+        host = host_of(apiserver)
+        config, directory = host.file(CONFIG), host.file(str(Path(CONFIG).parent))
+        assert (config.mode, config.user, config.group) == (0o600, "root", "root")
+        assert (directory.mode, directory.user) == (0o700, "root")
+        # The attack: any other user on the host reads the keys.
+        stolen = host.run(f"runuser -u nobody -- cat {CONFIG}")
+        assert stolen.rc != 0 and "Permission denied" in stolen.stderr, stolen.stderr
+        (entry,) = host_config(host)["resources"]
+        assert entry["resources"] == ["secrets"]
+        # secretbox writes; identity, last, only reads what predates encryption.
+        assert [next(iter(p)) for p in entry["providers"]] == ["secretbox", "identity"]
+        on_host = entry["providers"][0]["secretbox"]["keys"]
+        on_controller = yaml.safe_load(unvault(key_file(topology)))["secretbox"]
+        assert on_host == on_controller and len(base64.b64decode(on_host[0]["secret"])) == 32
+    assert key_file(topology).stat().st_mode & 0o077 == 0, "the controller's key file is readable by others"
+
+
+def test_the_manifest_points_the_apiserver_at_the_members_with_its_client_certificate(
+    topology: Topology, host_of: HostOf
+) -> None:
+    servers = ",".join(f"https://{topology.addresses[m]}:2379" for m in topology.members)
+    for apiserver in topology.apiservers:
+        host = host_of(apiserver)
+        manifest = host.file(MANIFEST)
+        assert (manifest.mode, manifest.user) == (0o600, "root")
+        now = flags(manifest.content_string)
+        assert {name: now[name] for name in (*ETCD_FLAGS, "encryption-provider-config")} == {
+            "etcd-servers": [servers],
+            "etcd-cafile": ["/etc/kubernetes/pki/etcd/ca.crt"],
+            "etcd-certfile": ["/etc/kubernetes/pki/apiserver-etcd-client.crt"],
+            "etcd-keyfile": ["/etc/kubernetes/pki/apiserver-etcd-client.key"],
+            "encryption-provider-config": [CONFIG],
+        }
+        # The lab's manifest names 1.31: the config is re-read without a restart.
+        assert now["encryption-provider-config-automatic-reload"] == ["true"]
+        # The certificate files it names are there, the key root-only.
+        assert host.file(now["etcd-keyfile"][0]).mode == 0o600
+        assert host.file(now["etcd-certfile"][0]).exists and host.file(now["etcd-cafile"][0]).exists
+        pod = yaml.safe_load(manifest.content_string)
+        mounts = pod["spec"]["containers"][0]["volumeMounts"]
+        assert {
+            "mountPath": "/etc/kubernetes/encryption",
+            "name": "etcd-encryption-config",
+            "readOnly": True,
+        } in (mounts)
+        # kubeadm's own manifest was kept outside the kubelet's directory, and every other flag is as it was.
+        (backup,) = host.check_output("ls /etc/kubernetes/backup").split()
+        before = flags(host.file(f"/etc/kubernetes/backup/{backup}").content_string)
+        assert before["etcd-servers"] == ["https://127.0.0.1:2379"], "not kubeadm's original"
+        ours = {*ETCD_FLAGS, "encryption-provider-config", "encryption-provider-config-automatic-reload"}
+        assert {k: v for k, v in now.items() if k not in ours} == {
+            k: v for k, v in before.items() if k not in ours
+        }
+        assert host.check_output("ls -A /etc/kubernetes/manifests") == "kube-apiserver.yaml"
+
+
+def run_encryption_part(topology: Topology, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_site(topology, "--tags", "encryption", "--limit", ",".join(topology.apiservers), *args)
+
+
+def test_a_rerun_changes_nothing_and_shows_no_key(topology: Topology, host_of: HostOf) -> None:
+    result = run_encryption_part(topology, "--diff", "-v")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    for apiserver in topology.apiservers:
+        assert (
+            f"{apiserver}" in output and "changed=0" in output.split(f"\n{apiserver}", 1)[-1].split("\n")[0]
+        )
+    secret = host_config(host_of(topology.apiservers[0]))["resources"][0]["providers"][0]["secretbox"][
+        "keys"
+    ][0]
+    assert secret["secret"] not in output
+
+
+def test_without_the_controllers_key_file_the_run_stops_and_changes_nothing(
+    topology: Topology, host_of: HostOf
+) -> None:
+    """Fail closed: new keys over a working config would make every Secret unreadable."""
+    keys = key_file(topology)
+    before = {a: host_of(a).file(CONFIG).sha256sum for a in topology.apiservers}
+    away = keys.with_name(keys.name + ".away")
+    shutil.move(keys, away)
+    try:
+        result = run_encryption_part(topology)
+        assert result.returncode != 0, result.stdout[-3000:]
+        assert "already encrypt" in result.stdout and "Restore the key file" in result.stdout, result.stdout[
+            -3000:
+        ]
+        assert not keys.exists(), "a new key file was made"
+        assert {a: host_of(a).file(CONFIG).sha256sum for a in topology.apiservers} == before
+    finally:
+        shutil.move(away, keys)
+
+
+# --- key rotation, in its four phases --------------------------------------------------------
+
+
+def names_on(host: Host) -> list[str]:
+    providers = host_config(host)["resources"][0]["providers"]
+    return [key["name"] for key in providers[0]["secretbox"]["keys"]]
+
+
+def controller_keys(topology: Topology) -> list[dict[str, str]]:
+    keys: list[dict[str, str]] = yaml.safe_load(unvault(key_file(topology)))["secretbox"]
+    return keys
+
+
+def rotate(topology: Topology, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_playbook(topology, REPO / "playbooks/rotate_encryption_key.yml", *args)
+
+
+def put_sealed(topology: Topology, probe: Probe, etcd_key: str, key: dict[str, str]) -> None:
+    """A Secret as the apiserver writes it with this secretbox key."""
+    value = encrypt("secretbox", key["name"], base64.b64decode(key["secret"]), secret_object("s"), etcd_key)
+    put_raw(topology, probe, etcd_key, value)
+
+
+def test_a_key_rotation_goes_through_its_four_phases_and_resumes(
+    topology: Topology, host_of: HostOf, probe: Probe
+) -> None:
+    hosts = [host_of(a) for a in topology.apiservers]
+    (old,) = controller_keys(topology)
+    assert all(names_on(h) == [old["name"]] for h in hosts)
+
+    # Phase 1 (stopped there on purpose): every host can read with the new key, the old one writes.
+    result = rotate(topology, "-e", "kube_apiserver_etcd_rotation_stop_after=add")
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert "Stopped before phase promote" in result.stdout
+    first, new = controller_keys(topology)
+    assert first == old and new["name"] > old["name"] and new["secret"] != old["secret"]
+    assert all(names_on(h) == [old["name"], new["name"]] for h in hosts)
+
+    # Phase 2: the new key writes everywhere, the old one still reads.
+    result = rotate(topology, "-e", "kube_apiserver_etcd_rotation_stop_after=promote")
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert [k["name"] for k in controller_keys(topology)] == [new["name"], old["name"]]
+    assert all(names_on(h) == [new["name"], old["name"]] for h in hosts)
+
+    # Phase 3: a Secret still under the old key (and no kubectl here): the run stops with the command
+    # to run, and keeps the old key.
+    etcd_key = f"/registry/secrets/rotation-{uuid.uuid4().hex[:8]}/s"
+    put_sealed(topology, probe, etcd_key, old)
+    result = rotate(topology)
+    assert result.returncode != 0
+    assert f"1 value(s) in etcd are still encrypted with {old['name']}" in result.stdout, result.stdout[
+        -5000:
+    ]
+    assert ("kubectl --kubeconfig /etc/kubernetes/admin.conf get secrets --all-namespaces -o json | kubectl "
+            "--kubeconfig /etc/kubernetes/admin.conf replace -f -") in result.stdout  # fmt: skip
+    assert all(names_on(h) == [new["name"], old["name"]] for h in hosts)
+
+    # What that command does: the apiserver writes the Secret again, with the new key. Then phase 4.
+    put_sealed(topology, probe, etcd_key, new)
+    result = rotate(topology)
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert "Rotation done" in result.stdout
+    assert controller_keys(topology) == [new]
+    assert all(names_on(h) == [new["name"]] for h in hosts)
+    delete_prefix(topology, probe, etcd_key.rsplit("/", 1)[0] + "/")
+
+
+# --- the Secrets-at-rest scanner against the lab's etcd -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scanner_on(topology: Topology) -> Scanner:
+    """The scanner (with the probe it imports) on the apiserver hosts."""
+    for host in topology.apiservers:
+        subprocess.run(["podman", "exec", host, "mkdir", "-p", TOOLS], check=True)
+        for script in ("secrets_scan.py", "etcd_probe.py"):
+            subprocess.run(
+                ["podman", "cp", str(REPO / "scripts" / script), f"{host}:{TOOLS}/{script}"], check=True
+            )
+
+    def run(host: str, *args: str, config: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
+        command = ["python3", f"{TOOLS}/secrets_scan.py", "--endpoint", endpoint(topology), *args]
+        return subprocess.run(
+            ["podman", "exec", "-i", host, *command],
+            input=json.dumps(config) if config else "", capture_output=True, text=True, check=False,
+        )  # fmt: skip
+
+    return run
+
+
+SCAN_KEYS = {"aescbc": os.urandom(32), "aesgcm": os.urandom(32)}
+
+
+@pytest.fixture(scope="module")
+def written(topology: Topology, host_of: HostOf, probe: Probe) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Secrets in etcd as the apiserver would store them, each kind under its own namespace.
+
+    Returns the run's id and the host's EncryptionConfiguration with two older providers behind
+    its own (aescbc and aesgcm, keys made here): a config in the middle of a provider change.
+    """
+    run_id = uuid.uuid4().hex[:8]
+    config = host_config(host_of(topology.apiservers[0]))
+    providers = config["resources"][0]["providers"]
+    current = providers[0]["secretbox"]["keys"][0]
+    for kind, secret in SCAN_KEYS.items():
+        providers.insert(
+            -1, {kind: {"keys": [{"name": f"old-{kind}", "secret": base64.b64encode(secret).decode()}]}}
+        )
+
+    def put(namespace: str, name: str, value: bytes) -> None:
+        put_raw(topology, probe, f"/registry/secrets/{namespace}-{run_id}/{name}", value)
+
+    def sealed(provider: str, key_name: str, secret: bytes, namespace: str, name: str) -> None:
+        etcd_key = f"/registry/secrets/{namespace}-{run_id}/{name}"
+        put(namespace, name, encrypt(provider, key_name, secret, secret_object(name), etcd_key))
+
+    for name in ("db-password", "tls-key", "token"):
+        sealed("secretbox", current["name"], base64.b64decode(current["secret"]), "clean", name)
+    for kind, secret in SCAN_KEYS.items():
+        sealed(kind, f"old-{kind}", secret, "migrating", f"under-{kind}")
+    put("dirty", "plain-protobuf", secret_object("plain-protobuf"))
+    put("dirty", "plain-json", b'{"kind":"Secret","apiVersion":"v1","data":{"k":"aHVudGVyMg=="}}')
+    sealed("aescbc", "retired", os.urandom(32), "dirty", "retired")
+    sealed("secretbox", current["name"], os.urandom(32), "dirty", "forged")
+    put("dirty", "kms", b"k8s:enc:kms:v2:vault:\x0a\x20" + os.urandom(32))
+    yield run_id, config
+    # Gone again: a value under a key name the cluster uses would hold up a later rotation.
+    for namespace in ("clean", "migrating", "dirty"):
+        delete_prefix(topology, probe, f"/registry/secrets/{namespace}-{run_id}/")
+
+
+def scan_namespace(
+    topology: Topology, scanner_on: Scanner, written: tuple[str, dict[str, Any]], namespace: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """Scan one namespace's Secrets from the apiserver host, with its credentials and the config."""
+    run_id, config = written
+    prefix = f"/registry/secrets/{namespace}-{run_id}/"
+    args = (*APISERVER_CREDS, "--prefix", prefix, "--encryption-config", "-", "--decrypt", *extra)
+    return scanner_on(topology.apiservers[0], *args, config=config)
+
+
+def scan_report(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert result.returncode in (0, 1), result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def test_the_scanner_proves_secrets_under_the_current_key(
+    topology: Topology, scanner_on: Scanner,
+    written: tuple[str, dict[str, Any]],
+) -> None:  # fmt: skip
+    _, config = written
+    result = scan_namespace(topology, scanner_on, written, "clean", "--json")
+    report = scan_report(result)
+    assert result.returncode == 0 and report["clean"], report
+    current = config["resources"][0]["providers"][0]["secretbox"]["keys"][0]["name"]
+    assert [(c["state"], c["provider"], c["key"], c["count"]) for c in report["counts"]] == [
+        ("encrypted", "secretbox", current, 3)
+    ]
+    assert report["decrypted"] == {"proved": 3, "not_proved": 0}
+    table = scan_namespace(topology, scanner_on, written, "clean")
+    assert table.returncode == 0 and "all 3 values are encrypted under the current key" in table.stdout
+    assert current in table.stdout and config["resources"][0]["providers"][0]["secretbox"]["keys"][0][
+        "secret"] not in table.stdout  # fmt: skip
+
+
+def test_the_scanner_opens_aescbc_and_aesgcm_and_flags_them_as_stale(
+    topology: Topology, scanner_on: Scanner,
+    written: tuple[str, dict[str, Any]],
+) -> None:  # fmt: skip
+    result = scan_namespace(topology, scanner_on, written, "migrating", "--json")
+    report = scan_report(result)
+    assert result.returncode == 1, report
+    # Both open with their keys (aesgcm bound to its etcd key), but the config writes with secretbox.
+    assert report["decrypted"] == {"proved": 2, "not_proved": 0}
+    assert sorted((f["key"].rsplit("/", 1)[1], f["problem"]) for f in report["findings"]) == [
+        ("under-aescbc", "stale"), ("under-aesgcm", "stale")
+    ]  # fmt: skip
+
+
+def test_the_scanner_finds_plaintext_stale_and_forged_values(
+    topology: Topology, scanner_on: Scanner,
+    written: tuple[str, dict[str, Any]],
+) -> None:  # fmt: skip
+    result = scan_namespace(topology, scanner_on, written, "dirty", "--json")
+    report = scan_report(result)
+    assert result.returncode == 1, report
+    assert sorted((f["key"].rsplit("/", 1)[1], f["problem"]) for f in report["findings"]) == [
+        ("forged", "does-not-open"), ("kms", "stale"), ("plain-json", "plaintext"),
+        ("plain-protobuf", "plaintext"), ("retired", "does-not-open"), ("retired", "stale"),
+    ]  # fmt: skip
+    assert report["decrypted"]["not_proved"] == 1  # kms: no plugin here, not a failure in itself
+
+
+def test_a_certificate_from_another_ca_reads_no_secret(
+    topology: Topology, scanner_on: Scanner,
+    foreign_client_cert: tuple[str, ...], written: tuple[str, dict[str, Any]],
+) -> None:  # fmt: skip
+    """On the apiserver host (the one the firewall lets in), with a client certificate of the
+    Kubernetes CA: etcd refuses the handshake and the scanner reads nothing (CIS 2.7)."""
+    result = scanner_on(topology.apiservers[0], "--cacert", APISERVER_CREDS[1], *foreign_client_cert)
+    assert result.returncode == 2 and not result.stdout, result.stdout
+    assert "alert" in result.stderr.lower(), result.stderr
