@@ -379,9 +379,14 @@ def judge_apiserver(host: str, apiserver: Evidence) -> list[Check]:
             "encryption-provider-config",
         ),
     }
+    providers_check = (
+        "apiserver-encryption-providers",
+        "1.2.31",
+        "Secrets are encrypted by aescbc, kms or secretbox",
+    )
     if not text:
         reason = "no kube-apiserver static pod on this host (no kube-apiserver runs here)"
-        return [Check(host, i, cis, title, NA, reason) for (i, cis, title) in titles]
+        return [Check(host, i, cis, title, NA, reason) for (i, cis, title) in [*titles, providers_check]]
     flags = flags_from_command(pod_command(text))
     checks = []
     for (check_id, cis, title), names in titles.items():
@@ -390,7 +395,29 @@ def judge_apiserver(host: str, apiserver: Evidence) -> list[Check]:
             (FAIL, f"{', '.join(unset)} not set") if unset else (PASS, ", ".join(flags[n] for n in names))
         )
         checks.append(Check(host, check_id, cis, title, *verdict))
+    checks.append(Check(host, *providers_check, *encryption_verdict(apiserver.get("encryption") or [])))
     return checks
+
+
+# What CIS 1.2.31 accepts as the provider that encrypts Secrets (aesgcm needs a new key every
+# 200,000 writes; identity does not encrypt).
+STRONG_PROVIDERS = ("aescbc", "kms", "secretbox")
+
+
+def encryption_verdict(entries: list[dict[str, Any]]) -> tuple[str, str]:
+    """The first provider of the first entry that covers Secrets (the one the apiserver writes with)."""
+    if not entries:
+        return FAIL, "no EncryptionConfiguration could be read (flag unset, or the file is missing)"
+    for entry in entries:
+        names = entry.get("resources") or []
+        if "secrets" in names or "*." in names or "*.*" in names:
+            providers = entry.get("providers") or []
+            first = providers[0] if providers else "none"
+            order = " > ".join(providers)
+            return (
+                (PASS, order) if first in STRONG_PROVIDERS else (FAIL, f"{first} encrypts Secrets ({order})")
+            )
+    return FAIL, "no entry of the EncryptionConfiguration covers secrets"
 
 
 def judge(evidence: Iterable[Evidence], now: datetime.datetime | None = None) -> list[Check]:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 import yaml
 from testinfra.host import Host
 
-from conftest import APISERVER_CREDS, REPO, Topology, run_playbook, run_site, unvault
+from conftest import APISERVER_CREDS, REPO, Topology, ansible_env, run_playbook, run_site, unvault
 from kube_envelope import encrypt, secret_object
 
 # The play's own logic, the same on every platform: the default scenario runs it.
@@ -177,6 +178,68 @@ def test_without_the_controllers_key_file_the_run_stops_and_changes_nothing(
         assert {a: host_of(a).file(CONFIG).sha256sum for a in topology.apiservers} == before
     finally:
         shutil.move(away, keys)
+
+
+def test_the_audit_judges_the_encrypting_provider_and_keeps_no_key(
+    topology: Topology, host_of: HostOf, tmp_path: Path
+) -> None:
+    """CIS 1.2.31 from the host's EncryptionConfiguration, of which only provider names leave the host."""
+    evidence = tmp_path / "evidence"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts/audit.py"), "-i", str(topology.inventory), "--limit",
+         ",".join(topology.apiservers), "--save-evidence", str(evidence), "--json", "-"],
+        capture_output=True, text=True, check=False, env=ansible_env(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    checks = {(c["host"], c["cis"]): c for c in json.loads(done.stdout)["checks"]}
+    secret = host_config(host_of(topology.apiservers[0]))["resources"][0]["providers"][0]["secretbox"][
+        "keys"
+    ][0]
+    for apiserver in topology.apiservers:
+        assert checks[(apiserver, "1.2.31")]["status"] == "pass"
+        assert checks[(apiserver, "1.2.31")]["detail"] == "secretbox > identity"
+        saved = (evidence / f"{apiserver}.json").read_text()
+        assert json.loads(saved)["apiserver"]["encryption"] == [
+            {"resources": ["secrets"], "providers": ["secretbox", "identity"]}
+        ]
+    for saved_file in evidence.iterdir():
+        assert secret["secret"] not in saved_file.read_text(), saved_file
+    assert secret["secret"] not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("api_version", ["v1beta4", "v1beta3"])
+def test_for_a_cluster_not_yet_created_a_kubeadm_configuration_says_the_same(
+    topology: Topology, host_of: HostOf, api_version: str
+) -> None:
+    host, path = host_of(topology.apiservers[0]), f"/root/kubeadm-etcd-{api_version}.yaml"
+    manifest_before = host.file(MANIFEST).sha256sum
+    settings = {
+        "kube_apiserver_etcd_apiserver_config": "kubeadm_config",
+        "kube_apiserver_etcd_kubeadm_config": path,
+        "kube_apiserver_etcd_kubeadm_api_version": api_version,
+    }
+    result = run_encryption_part(topology, "-e", json.dumps(settings))
+    assert result.returncode == 0, result.stdout[-5000:]
+    written = host.file(path)
+    assert (written.mode, written.user) == (0o600, "root")
+    config = yaml.safe_load(written.content_string)
+    assert (config["apiVersion"], config["kind"]) == (f"kubeadm.k8s.io/{api_version}", "ClusterConfiguration")
+    assert config["etcd"]["external"] == {
+        "endpoints": [f"https://{topology.addresses[m]}:2379" for m in topology.members],
+        "caFile": "/etc/kubernetes/pki/etcd/ca.crt",
+        "certFile": "/etc/kubernetes/pki/apiserver-etcd-client.crt",
+        "keyFile": "/etc/kubernetes/pki/apiserver-etcd-client.key",
+    }
+    extra = config["apiServer"]["extraArgs"]
+    # v1beta4 lists name/value pairs (a flag may repeat); v1beta3 has a map.
+    args = {a["name"]: a["value"] for a in extra} if api_version == "v1beta4" else extra
+    assert args["encryption-provider-config"] == CONFIG
+    assert config["apiServer"]["extraVolumes"] == [{
+        "name": "etcd-encryption-config", "hostPath": "/etc/kubernetes/encryption",
+        "mountPath": "/etc/kubernetes/encryption", "readOnly": True, "pathType": "DirectoryOrCreate",
+    }]  # fmt: skip
+    assert host.file(MANIFEST).sha256sum == manifest_before, "the static pod was touched"
+    host.check_output(f"rm {path}")
 
 
 # --- key rotation, in its four phases --------------------------------------------------------

@@ -177,4 +177,4 @@ def test_a_converge_repairs_every_drift_and_both_are_clean_again(
         assert {(member, cis) for cis in cis_ids} <= passed
     # The apiserver's static pod (kubeadm's, edited by kube_apiserver_etcd): etcd client flags, encryption.
     for apiserver in topology.apiservers:
-        assert {(apiserver, cis) for cis in ("1.2.26", "1.2.29", "1.2.30")} <= passed
+        assert {(apiserver, cis) for cis in ("1.2.26", "1.2.29", "1.2.30", "1.2.31")} <= passed

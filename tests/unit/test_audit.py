@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -248,7 +249,31 @@ def test_an_apiserver_without_a_manifest_is_not_applicable_and_a_loose_one_fails
     assert {c.status for c in judge([{"host": "a1", "apiserver": {"manifest_text": ""}}])} == {NA}
     manifest = "spec:\n  containers:\n  - command: [kube-apiserver, --etcd-cafile=/ca, --etcd-certfile=/c]\n"
     result = statuses(judge([{"host": "a1", "apiserver": {"manifest_text": manifest}}]))
-    assert result == {"1.2.26": FAIL, "1.2.29": PASS, "1.2.30": FAIL}
+    assert result == {"1.2.26": FAIL, "1.2.29": PASS, "1.2.30": FAIL, "1.2.31": FAIL}
+
+
+@pytest.mark.parametrize(
+    ("entries", "status", "detail"),
+    [
+        ([{"resources": ["secrets"], "providers": ["secretbox", "identity"]}], PASS, "secretbox > identity"),
+        ([{"resources": ["*.*"], "providers": ["kms", "aescbc"]}], PASS, "kms > aescbc"),
+        (
+            [{"resources": ["secrets"], "providers": ["identity", "aescbc"]}],
+            FAIL,
+            "identity encrypts Secrets",
+        ),
+        ([{"resources": ["secrets"], "providers": ["aesgcm"]}], FAIL, "aesgcm encrypts Secrets"),
+        ([{"resources": ["configmaps"], "providers": ["aescbc"]}], FAIL, "no entry"),
+        ([], FAIL, "no EncryptionConfiguration could be read"),
+    ],
+)
+def test_the_provider_that_encrypts_secrets_is_judged(
+    entries: list[dict[str, Any]], status: str, detail: str
+) -> None:
+    manifest = "spec:\n  containers:\n  - command: [kube-apiserver, --encryption-provider-config=/e.yaml]\n"
+    checks = judge([{"host": "a1", "apiserver": {"manifest_text": manifest, "encryption": entries}}])
+    (check,) = [c for c in checks if c.cis == "1.2.31"]
+    assert check.status == status and detail in check.detail, check
 
 
 def test_junit_has_a_failure_per_failed_check_and_skips_what_does_not_apply() -> None:
