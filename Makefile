@@ -132,5 +132,8 @@ audit: venv
 bench: deps venv
 	python scripts/bench.py
 
+# A VM image build that was killed can leave the host's /proc, /sys and /dev/shm mounted in .lab:
+# unmount them first, so that removing .lab never reaches through them.
 clean: lab-down
+	{ findmnt -rn -o TARGET | grep '^$(CURDIR)/.lab/' || true; } | sort -r | xargs -r umount --lazy
 	rm -rf $(VENV) .lab

@@ -123,28 +123,51 @@ def artifacts(directory: Path) -> dict[str, Path]:
     }
 
 
+def unmount_below(path: Path) -> None:
+    """Lazily unmount everything mounted below path, deepest first.
+
+    mmdebstrap bind-mounts /proc, /sys, /dev/pts and /dev/shm into the tree while it works; when it
+    is killed they stay, and removing the tree would then recurse into the host's /dev/shm.
+    """
+    prefix = str(path.resolve()) + "/"
+    mount_points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    for target in sorted((m for m in mount_points if m.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", target], check=False)
+
+
 def build(recipe: VmRecipe, directory: Path) -> None:
     """Bootstrap into a tree, take the kernel and initramfs out, and pack the tree into ext4."""
     directory.parent.mkdir(parents=True, exist_ok=True)
+    # What a killed build left: its mounts first, then the files.
+    for leftover in directory.parent.glob("etcd-vm-image-*"):
+        unmount_below(leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="etcd-vm-image-", dir=directory.parent) as workdir:
-        tree = Path(workdir) / "tree"
-        staged = Path(workdir) / "out"
-        staged.mkdir()
-        subprocess.run(recipe.mmdebstrap_command(tree), check=True, stdout=sys.stderr)
-        files = artifacts(staged)
-        shutil.copy2(max((tree / "boot").glob("vmlinuz-*")), files["kernel"])
-        shutil.copy2(max((tree / "boot").glob("initrd.img-*")), files["initrd"])
-        shutil.copy2(tree / "etc/ssh/ssh_host_ed25519_key.pub", files["host_key"])
-        subprocess.run(
-            ["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(tree), str(files["rootfs"]), ROOTFS_SIZE],
-            check=True,
-            stdout=sys.stderr,
-        )
-        # Only a complete image gets the recipe's name: an interrupted build leaves nothing behind.
-        staged.rename(directory)
+        try:
+            _build_in(recipe, directory, Path(workdir))
+        finally:
+            unmount_below(Path(workdir))  # before the directory is removed
     for stale in directory.parent.glob(f"{recipe.suite}-*"):
         if stale != directory:
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def _build_in(recipe: VmRecipe, directory: Path, workdir: Path) -> None:
+    tree = workdir / "tree"
+    staged = workdir / "out"
+    staged.mkdir()
+    subprocess.run(recipe.mmdebstrap_command(tree), check=True, stdout=sys.stderr)
+    files = artifacts(staged)
+    shutil.copy2(max((tree / "boot").glob("vmlinuz-*")), files["kernel"])
+    shutil.copy2(max((tree / "boot").glob("initrd.img-*")), files["initrd"])
+    shutil.copy2(tree / "etc/ssh/ssh_host_ed25519_key.pub", files["host_key"])
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(tree), str(files["rootfs"]), ROOTFS_SIZE],
+        check=True,
+        stdout=sys.stderr,
+    )
+    # Only a complete image gets the recipe's name: an interrupted build leaves nothing behind.
+    staged.rename(directory)
 
 
 def ensure(recipe: VmRecipe, cache_dir: Path) -> dict[str, object]:

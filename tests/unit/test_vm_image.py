@@ -4,8 +4,12 @@ exactly when one of them changes, and only a complete build gets that name."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import vm_image
@@ -38,3 +42,26 @@ def test_an_existing_image_is_not_rebuilt(tmp_path: Path) -> None:
     result = vm_image.ensure(recipe, tmp_path)
     assert result["built"] is False
     assert result["rootfs"] == str(recipe.directory(tmp_path) / "rootfs.raw")
+
+
+def test_what_a_killed_build_left_mounted_is_unmounted_before_it_is_removed(tmp_path: Path) -> None:
+    """A killed mmdebstrap leaves the host's /dev/shm bind-mounted in its tree: removing the tree
+    must not reach through it. Here a directory of our own stands in for /dev/shm."""
+    outside = tmp_path / "host-shm"
+    outside.mkdir()
+    (outside / "keep-me").write_text("host file")
+    leftover = tmp_path / "images" / "etcd-vm-image-killed" / "tree" / "dev" / "shm"
+    leftover.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "--bind", str(outside), str(leftover)], check=False, capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.decode().strip()}")
+    try:
+        assert subprocess.run(["mountpoint", "-q", str(leftover)], check=False).returncode == 0
+        vm_image.unmount_below(tmp_path / "images" / "etcd-vm-image-killed")
+        assert subprocess.run(["mountpoint", "-q", str(leftover)], check=False).returncode != 0
+        shutil.rmtree(tmp_path / "images" / "etcd-vm-image-killed")
+        assert (outside / "keep-me").read_text() == "host file"
+    finally:
+        subprocess.run(["umount", "--lazy", str(leftover)], check=False, capture_output=True)
