@@ -242,6 +242,33 @@ def test_for_a_cluster_not_yet_created_a_kubeadm_configuration_says_the_same(
     host.check_output(f"rm {path}")
 
 
+def test_a_kms_v2_plugin_can_encrypt_with_secretbox_kept_for_reading(
+    topology: Topology, host_of: HostOf
+) -> None:
+    """Moving to a KMS: kms first (v2, its socket and timeout), the secretbox key kept to read."""
+    host = host_of(topology.apiservers[0])
+    settings = {
+        "kube_apiserver_etcd_encryption_providers": ["kms", "secretbox"],
+        "kube_apiserver_etcd_kms_name": "vault-kms",
+        "kube_apiserver_etcd_kms_endpoint": "unix:///var/run/kmsplugin/socket.sock",
+    }
+    secretbox_before = host_config(host)["resources"][0]["providers"][0]
+    try:
+        result = run_encryption_part(topology, "-e", json.dumps(settings))
+        assert result.returncode == 0, result.stdout[-5000:]
+        providers = host_config(host)["resources"][0]["providers"]
+        assert providers == [
+            {"kms": {"apiVersion": "v2", "name": "vault-kms", "endpoint": "unix:///var/run/kmsplugin/socket.sock",
+                     "timeout": "3s"}},
+            secretbox_before,
+            {"identity": {}},
+        ]  # fmt: skip
+    finally:
+        restored = run_encryption_part(topology)
+        assert restored.returncode == 0, restored.stdout[-5000:]
+    assert host_config(host)["resources"][0]["providers"][0] == secretbox_before
+
+
 # --- key rotation, in its four phases --------------------------------------------------------
 
 
