@@ -31,7 +31,7 @@ endif
 # a podman exec and a Python start), so side by side saves only the waits; see README, Tests.
 MOLECULE_SCENARIOS := default debian12 vm
 
-.PHONY: help deps venv images checks-then-containers checks-then-containers-niced molecule-vm-favoured lab lab-down lab-verify lint unit molecule test test-vm bench drift audit clean
+.PHONY: help deps venv images checks-then-containers checks-then-containers-niced molecule-vm-favoured lab lab-down lab-verify lint unit molecule test test-vm bench drift audit scan clean
 
 help:
 	@echo "make lab       start the local lab (podman) and harden it with playbooks/site.yml"
@@ -41,6 +41,7 @@ help:
 	@echo "make test-vm   only the VM tier (qemu): AppArmor enforcement and LUKS on a real kernel"
 	@echo "make drift     check mode on the lab: list what a run would change, non-zero on drift"
 	@echo "make audit     judge every control on every lab host (CIS ids), non-zero on any failure"
+	@echo "make scan      which Secrets in the lab's etcd are encrypted, and under which key"
 	@echo "make bench     time a fresh converge, a no-op re-run and a check-mode run of the lab"
 
 # Debian packages: installed only when one is missing, so re-runs are quick.
@@ -134,6 +135,11 @@ drift: venv
 audit: venv
 	mkdir -p .lab/reports
 	python scripts/audit.py -i inventory/lab --json .lab/reports/audit.json --junit .lab/reports/audit.xml
+
+# Which Secrets in the lab's etcd are encrypted, under which key (scripts/secrets_scan.py, run on the
+# apiserver host with its certificate and its EncryptionConfiguration); non-zero when any needs attention.
+scan: venv
+	ansible-playbook -i inventory/lab playbooks/secrets_scan.yml
 
 bench: deps venv
 	python scripts/bench.py

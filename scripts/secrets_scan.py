@@ -368,6 +368,8 @@ def table(report: Report) -> str:
         lines += [f"  {f.problem}: {f.key}" for f in report.findings[:50]]
         if len(report.findings) > 50:
             lines.append(f"  ... and {len(report.findings) - 50} more (--json lists them all)")
+    elif report.total == 0:
+        lines.append("no value under these prefixes")
     else:
         lines.append(f"all {report.total} values are encrypted under the current key")
     return "\n".join(lines)
@@ -404,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         ctx = build_context(args.cacert, cert=args.cert, key=args.key)
         values = {p: read_prefix(args.endpoint, ctx, p, args.timeout) for p in prefixes}
         report = scan(values, config, prove=args.decrypt)
+    except ImportError as exc:
+        print(f"secrets_scan: --decrypt needs python3-cryptography on this host ({exc})", file=sys.stderr)
+        return 2
     except (ScanError, OSError, ssl.SSLError, KeyError, ValueError) as exc:
         print(f"secrets_scan: {exc}", file=sys.stderr)
         return 2

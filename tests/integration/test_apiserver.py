@@ -463,6 +463,28 @@ def test_the_scanner_finds_plaintext_stale_and_forged_values(
     assert report["decrypted"]["not_proved"] == 1  # kms: no plugin here, not a failure in itself
 
 
+def test_the_scan_playbook_runs_the_scanner_with_the_hosts_own_configuration(
+    topology: Topology, host_of: HostOf, written: tuple[str, dict[str, Any]]
+) -> None:
+    """`make scan`: on the apiserver host, its config on the scanner's stdin (no PyYAML there)."""
+    run_id, _ = written
+    secret = host_config(host_of(topology.apiservers[0]))["resources"][0]["providers"][0]["secretbox"][
+        "keys"
+    ][0]
+
+    def scan_playbook(namespace: str) -> subprocess.CompletedProcess[str]:
+        prefixes = {"kube_apiserver_etcd_scan_prefixes": [f"/registry/secrets/{namespace}-{run_id}/"]}
+        return run_playbook(topology, REPO / "playbooks/secrets_scan.yml", "-e", json.dumps(prefixes))
+
+    clean = scan_playbook("clean")
+    assert clean.returncode == 0, clean.stdout[-3000:]
+    assert "all 3 values are encrypted under the current key" in clean.stdout
+    dirty = scan_playbook("dirty")
+    assert dirty.returncode != 0 and "Values in etcd need attention" in dirty.stdout, dirty.stdout[-3000:]
+    assert "plaintext: /registry/secrets/dirty-" in dirty.stdout
+    assert secret["secret"] not in clean.stdout + dirty.stdout
+
+
 def test_a_certificate_from_another_ca_reads_no_secret(
     topology: Topology, scanner_on: Scanner,
     foreign_client_cert: tuple[str, ...], written: tuple[str, dict[str, Any]],

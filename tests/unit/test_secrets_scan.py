@@ -158,6 +158,11 @@ def test_the_first_matching_resource_entry_decides() -> None:
     assert [p.kind for p in secrets_scan.providers_for(config(), "events")] == ["identity"]
 
 
+def test_an_empty_prefix_says_so() -> None:
+    report = secrets_scan.scan(values(), config(aes("aescbc", "k")), prove=True)
+    assert not report.findings and "no value under these prefixes" in secrets_scan.table(report)
+
+
 def test_prefix_end_is_etcds() -> None:
     assert secrets_scan.prefix_end(b"/registry/secrets/") == b"/registry/secrets0"
     assert secrets_scan.prefix_end(b"a\xff") == b"b"
