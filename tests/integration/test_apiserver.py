@@ -416,6 +416,11 @@ def scan_report(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return report
 
 
+def findings_by_name(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(Secret name, problem) of every finding, sorted."""
+    return sorted((f["key"].rsplit("/", 1)[1], f["problem"]) for f in report["findings"])
+
+
 def test_the_scanner_proves_secrets_under_the_current_key(
     topology: Topology, scanner_on: Scanner,
     written: tuple[str, dict[str, Any]],
@@ -444,9 +449,7 @@ def test_the_scanner_opens_aescbc_and_aesgcm_and_flags_them_as_stale(
     assert result.returncode == 1, report
     # Both open with their keys (aesgcm bound to its etcd key), but the config writes with secretbox.
     assert report["decrypted"] == {"proved": 2, "not_proved": 0}
-    assert sorted((f["key"].rsplit("/", 1)[1], f["problem"]) for f in report["findings"]) == [
-        ("under-aescbc", "stale"), ("under-aesgcm", "stale")
-    ]  # fmt: skip
+    assert findings_by_name(report) == [("under-aescbc", "stale"), ("under-aesgcm", "stale")]
 
 
 def test_the_scanner_finds_plaintext_stale_and_forged_values(
@@ -456,7 +459,7 @@ def test_the_scanner_finds_plaintext_stale_and_forged_values(
     result = scan_namespace(topology, scanner_on, written, "dirty", "--json")
     report = scan_report(result)
     assert result.returncode == 1, report
-    assert sorted((f["key"].rsplit("/", 1)[1], f["problem"]) for f in report["findings"]) == [
+    assert findings_by_name(report) == [
         ("forged", "does-not-open"), ("kms", "stale"), ("plain-json", "plaintext"),
         ("plain-protobuf", "plaintext"), ("retired", "does-not-open"), ("retired", "stale"),
     ]  # fmt: skip
