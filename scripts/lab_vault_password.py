@@ -8,6 +8,7 @@ password belongs in the operator's own secret store). The password lives in .lab
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sys
@@ -18,12 +19,27 @@ PASSWORD_FILE = Path(__file__).resolve().parents[1] / ".lab" / "vault-password"
 
 def lab_password(path: Path = PASSWORD_FILE) -> str:
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Created 0600 from the start, never readable by others even for a moment.
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        _create_once(path)
+    return path.read_text().strip()
+
+
+def _create_once(path: Path) -> None:
+    """Create the password file atomically: many first users at once (ansible-lint's parallel syntax
+    checks, the scenarios of `make test -j2`) must all read the same, complete password."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    # Created 0600 from the start, never readable by others even for a moment.
+    descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
         with os.fdopen(descriptor, "w") as handle:
             handle.write(secrets.token_urlsafe(32) + "\n")
-    return path.read_text().strip()
+            handle.flush()
+            os.fsync(handle.fileno())
+        # link() never replaces: the first complete password wins, later ones are dropped.
+        with contextlib.suppress(FileExistsError):
+            os.link(draft, path)
+    finally:
+        draft.unlink()
 
 
 def main() -> int:
