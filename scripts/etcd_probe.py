@@ -11,6 +11,7 @@ attacks the hardening must stop and the requests it must still serve:
     etcd_probe.py kv delete-prefix /probe/ --endpoint ...
     etcd_probe.py tcp 10.0.0.1 2381
     etcd_probe.py watch-writes --endpoints https://a:2379,https://b:2379 --stop-file /tmp/stop ...
+    etcd_probe.py latency --endpoint https://10.0.0.1:2379 --count 1000 --cacert ... --cert ... --key ...
 
 Every command prints one JSON object. The exit status is 0 when the request was served (an HTTP
 2xx answer, or a TCP connection), 1 when it was refused or failed, 2 for bad usage. "error" says
@@ -23,6 +24,7 @@ import argparse
 import base64
 import http.client
 import json
+import math
 import select
 import socket
 import ssl
@@ -261,14 +263,78 @@ def watch_writes(
     return watch
 
 
+@dataclass
+class Latency:
+    """Latency of one kind of request, over one keep-alive connection, one request at a time."""
+
+    operation: str
+    count: int
+    failed: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    """Nearest-rank percentile: the smallest sample that at least `fraction` of all samples do not exceed."""
+    if not samples:
+        raise ValueError("no samples")
+    ordered = sorted(samples)
+    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
+
+
+def measure_latency(
+    endpoint: str, ctx: ssl.SSLContext, *, count: int, value_size: int, timeout: float = 5.0
+) -> list[Latency]:
+    """Put `count` keys, then read each back (a linearizable range), timing every request.
+
+    One connection is opened first and kept (as an apiserver keeps its connections), so the
+    figures are of requests, not of handshakes; the keys are deleted afterwards.
+    """
+    prefix = "/probe/latency/"
+    value = "v" * value_size
+    held = _HeldConnection(endpoint, ctx, timeout)
+    results: list[Latency] = []
+    try:
+        for operation in ("put", "range"):
+            samples: list[float] = []
+            failed = 0
+            for i in range(count):
+                action = "put" if operation == "put" else "get"
+                path, body = kv_request(action, f"{prefix}{i:08d}", value if action == "put" else None)
+                started = time.perf_counter()
+                outcome = held.post(path, body)
+                samples.append((time.perf_counter() - started) * 1000.0)
+                failed += 0 if outcome.served else 1
+            results.append(
+                Latency(
+                    operation=operation,
+                    count=count,
+                    failed=failed,
+                    p50_ms=round(percentile(samples, 0.50), 3),
+                    p99_ms=round(percentile(samples, 0.99), 3),
+                    max_ms=round(max(samples), 3),
+                )
+            )
+        held.post(*kv_request("delete-prefix", prefix, None))
+    finally:
+        held.close()
+    return results
+
+
 class _HeldConnection:
-    """One keep-alive HTTPS connection that is never silently re-opened."""
+    """One keep-alive HTTP(S) connection that is never silently re-opened."""
 
     def __init__(self, endpoint: str, ctx: ssl.SSLContext, timeout: float) -> None:
         parts = urlsplit(endpoint)
-        self._conn = http.client.HTTPSConnection(
-            parts.hostname or "", parts.port or 443, context=ctx, timeout=timeout
-        )
+        self._conn: http.client.HTTPConnection
+        if parts.scheme == "http":
+            # Only the benchmark's plain baseline cluster speaks plain HTTP.
+            self._conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
+        else:
+            self._conn = http.client.HTTPSConnection(
+                parts.hostname or "", parts.port or 443, context=ctx, timeout=timeout
+            )
         self._conn.connect()
         # http.client re-connects on its own when a connection was closed; that would hide a cut.
         self._conn.auto_open = 0
@@ -319,6 +385,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     watch.add_argument(
         "--one-connection", action="store_true", help="all writes over one connection, never re-opened"
     )
+    latency = sub.add_parser("latency", parents=[tls], help="p50/p99 of puts and reads, one at a time")
+    latency.add_argument("--endpoint", required=True, help="e.g. https://10.0.0.1:2379")
+    latency.add_argument("--count", type=int, default=1000, help="requests of each kind")
+    latency.add_argument("--value-size", type=int, default=256, help="bytes per value")
     tcp = sub.add_parser("tcp", help="open a TCP connection, nothing more")
     tcp.add_argument("host")
     tcp.add_argument("port", type=int)
@@ -354,6 +424,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(json.dumps(asdict(watch), sort_keys=True))
             return 0 if watch.failed == 0 else 1
+        if args.command == "latency":
+            try:
+                runs = measure_latency(
+                    args.endpoint, ctx, count=args.count, value_size=args.value_size, timeout=args.timeout
+                )
+            except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+                print(Outcome(served=False, error=f"{type(exc).__name__}: {exc}").to_json())
+                return 1
+            print(json.dumps([asdict(run) for run in runs], sort_keys=True))
+            return 0 if not any(run.failed for run in runs) else 1
         if args.command == "request":
             data = args.data.encode() if args.data is not None else None
             outcome = request(args.url, ctx, args.method, data, args.timeout)

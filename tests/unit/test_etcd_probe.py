@@ -308,3 +308,43 @@ def test_one_connection_writes_never_reopen_a_cut_connection(
     else:
         # The server closed the connection after its third answer: every later write fails.
         assert watch.failed == watch.attempts - close_after, watch
+
+
+def test_percentile_is_the_nearest_rank() -> None:
+    samples = [float(n) for n in range(100, 0, -1)]
+    assert etcd_probe.percentile(samples, 0.50) == 50.0
+    assert etcd_probe.percentile(samples, 0.99) == 99.0
+    assert etcd_probe.percentile([7.0], 0.99) == 7.0
+    with pytest.raises(ValueError):
+        etcd_probe.percentile([], 0.5)
+
+
+def test_latency_times_every_request_over_one_kept_connection(pki: Pki) -> None:
+    _KeepAliveHandler.connections = 0
+    ctx = etcd_probe.build_context(str(pki.ca), cert=str(pki.client_cert), key=str(pki.client_key))
+    with _serve(pki, _KeepAliveHandler) as url:
+        runs = etcd_probe.measure_latency(url, ctx, count=25, value_size=64)
+    assert [(r.operation, r.count, r.failed) for r in runs] == [("put", 25, 0), ("range", 25, 0)]
+    assert all(0 < r.p50_ms <= r.p99_ms <= r.max_ms for r in runs)
+    # 50 timed requests and the clean-up, without a new handshake in between.
+    assert _KeepAliveHandler.connections == 1
+
+
+def test_latency_counts_refused_requests_as_failed(pki: Pki) -> None:
+    class Refusing(_KeepAliveHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    ctx = etcd_probe.build_context(str(pki.ca), cert=str(pki.client_cert), key=str(pki.client_key))
+    with _serve(pki, Refusing) as url:
+        runs = etcd_probe.measure_latency(url, ctx, count=3, value_size=8)
+    assert [(r.operation, r.failed) for r in runs] == [("put", 3), ("range", 3)]
+
+
+def test_latency_without_a_client_certificate_stops_at_the_handshake(pki: Pki) -> None:
+    ctx = etcd_probe.build_context(str(pki.ca))
+    with _serve(pki, _KeepAliveHandler) as url, pytest.raises((ssl.SSLError, OSError)):
+        etcd_probe.measure_latency(url, ctx, count=3, value_size=8)
