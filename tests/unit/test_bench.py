@@ -1,9 +1,12 @@
-"""The benchmark reads Ansible's JSON callback, not coloured text."""
+"""The benchmark reads Ansible's JSON callback and etcdctl's words, and reports spreads and ratios."""
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import bench
@@ -19,13 +22,112 @@ JSON_OUTPUT = """[WARNING]: something printed before the JSON
 }
 """
 
+# etcdctl 3.5's words, after its progress bar.
+PERF_PASS = """ 60 / 60 Booooooo! 100.00% 1m0s
+PASS: Throughput is 151 writes/s
+PASS: Slowest request took 0.087326s
+PASS: Stddev is 0.008001s
+PASS
+"""
+PERF_SATURATED = """ 60 / 60 Booooooo! 100.00% 1m0s
+FAIL: Throughput too low: 1873 writes/s
+Slowest request took too long: 1.204120s
+Stddev too high: 0.130000s
+FAIL
+"""
+
 
 def test_stats_sum_changes_and_failures_over_hosts() -> None:
     assert bench.playbook_stats(JSON_OUTPUT) == (5, 2, 3)
 
 
-def test_table_shows_each_run_against_the_fresh_converge() -> None:
-    runs = [bench.Run("fresh converge", 100.0, 40, 0, 5), bench.Run("no-op re-run", 50.0, 0, 0, 5)]
-    text = bench.table(runs)
-    assert "fresh converge" in text and "1.00" in text
-    assert "no-op re-run" in text and "0.50" in text
+def test_check_perf_figures_are_read_whether_it_passed_or_not() -> None:
+    assert bench.parse_check_perf(PERF_PASS) == {
+        "perf_writes_per_s": 151.0,
+        "perf_slowest_ms": pytest.approx(87.326),
+    }
+    # At a load the machine cannot reach, etcdctl says FAIL: the figures are the measurement.
+    assert bench.parse_check_perf(PERF_SATURATED) == {
+        "perf_writes_per_s": 1873.0,
+        "perf_slowest_ms": pytest.approx(1204.12),
+    }
+
+
+def test_check_perf_with_failed_requests_or_no_result_is_refused() -> None:
+    with pytest.raises(ValueError, match="failed requests"):
+        bench.parse_check_perf(
+            "FAIL: too many errors\nFAIL: ERROR(context deadline exceeded) -> 12\n" + PERF_SATURATED
+        )
+    with pytest.raises(ValueError, match="no result"):
+        bench.parse_check_perf("Error: prefix /etcdctl-check-perf/ has keys\n")
+
+
+def test_spread_is_median_min_max() -> None:
+    spread = bench.Spread.of([3.0, 1.0, 2.0, 10.0])
+    assert (spread.median, spread.low, spread.high) == (2.5, 1.0, 10.0)
+
+
+def _figures(scale: float) -> dict[str, float]:
+    return {metric: scale * (index + 1) for index, metric in enumerate(bench.METRICS)}
+
+
+def test_hardening_table_gives_each_cluster_its_spread_and_ratio_to_plain() -> None:
+    rounds = {
+        "plain": [_figures(1.0), _figures(1.0), _figures(1.2)],
+        "tmpfs": [_figures(2.0), _figures(1.8), _figures(2.2)],
+    }
+    table = bench.hardening_table(bench.summarize(rounds), "plain").splitlines()
+    assert table[0] == (
+        "| figure | plain (no TLS, disk): median [min-max] "
+        "| hardened, tmpfs: median [min-max] | tmpfs / plain |"
+    )
+    assert table[1].count("---") == 4
+    writes = next(line for line in table if line.startswith("| check perf: writes/s"))
+    assert writes == "| check perf: writes/s | 1 [1-1] | 2 [2-2] | 2.00 |"
+    put = next(line for line in table if line.startswith("| put latency p50"))
+    assert put == "| put latency p50, ms | 3.00 [3.00-3.60] | 6.00 [5.40-6.60] | 2.00 |"
+
+
+def test_scale_table_relates_each_size_to_the_smallest() -> None:
+    runs = {
+        3: [bench.Run("fresh converge", 100.0, 80, 0, 5), bench.Run("no-op re-run", 50.0, 0, 0, 5)],
+        5: [bench.Run("fresh converge", 150.0, 120, 0, 7), bench.Run("no-op re-run", 80.0, 0, 0, 7)],
+    }
+    table = bench.scale_table(runs).splitlines()
+    assert table[0] == "| run | 3 members, s | 5 members, s | 5/3 | changed tasks |"
+    assert table[2] == "| fresh converge | 100.0 | 150.0 | 1.50 | 80/120 |"
+    assert table[3] == "| no-op re-run | 50.0 | 80.0 | 1.60 | 0/0 |"
+
+
+def test_firewall_table_relates_each_run_to_the_first() -> None:
+    runs = [bench.Run("no-op", 20.0, 0, 0, 5), bench.Run("50 added", 25.0, 3, 0, 5)]
+    assert bench.firewall_table(runs).splitlines()[3] == "| 50 added | 25.0 | 1.25 | 3 |"
+
+
+def test_a_cluster_inventory_names_and_addresses_its_hosts() -> None:
+    cluster = bench.Cluster("bench-disk", 3, "disk", "10.90.42.0/24")
+    hosts = cluster.inventory()["all"]["children"]
+    assert hosts["etcd"]["hosts"] == {
+        "bench-disk-1": {"lab_podman_ipv4": "10.90.42.11"},
+        "bench-disk-2": {"lab_podman_ipv4": "10.90.42.12"},
+        "bench-disk-3": {"lab_podman_ipv4": "10.90.42.13"},
+    }
+    assert hosts["kube_control_plane"]["hosts"] == {"bench-disk-api": {"lab_podman_ipv4": "10.90.42.21"}}
+    assert cluster.endpoints()[0] == "https://10.90.42.11:2379"
+    assert "--cert=/etc/kubernetes/pki/apiserver-etcd-client.crt" in cluster.client_tls()
+    settings = cluster.group_vars()
+    assert (settings["etcd_storage_mode"], settings["etcd_storage_allow_volatile_quorum"]) == ("disk", False)
+    assert settings["lab_podman_network"] == "bench-disk" and settings["etcd_cluster_name"] == "bench-disk"
+
+
+def test_the_plain_baseline_has_no_tls_and_no_hardening_settings() -> None:
+    plain = bench.Cluster("bench-plain", 3, "plain", "10.90.41.0/24")
+    assert plain.endpoints() == [f"http://10.90.41.1{i}:2379" for i in (1, 2, 3)]
+    assert plain.client_tls() == ()
+    assert "etcd_storage_mode" not in plain.group_vars()
+
+
+def test_extra_client_sources_are_distinct_and_outside_the_lab_networks() -> None:
+    sources = bench.extra_client_sources(50)
+    assert len(set(sources)) == 50
+    assert not any(ipaddress.ip_address(s) in ipaddress.ip_network("10.90.0.0/16") for s in sources)
