@@ -42,7 +42,7 @@ help:
 	@echo "make drift     check mode on the lab: list what a run would change, non-zero on drift"
 	@echo "make audit     judge every control on every lab host (CIS ids), non-zero on any failure"
 	@echo "make scan      which Secrets in the lab's etcd are encrypted, and under which key"
-	@echo "make bench     time a fresh converge, a no-op re-run and a check-mode run of the lab"
+	@echo "make bench     what hardening costs etcd, and the toolkit's run times at 3, 5, 7 members"
 
 # Debian packages: installed only when one is missing, so re-runs are quick.
 deps:
@@ -138,6 +138,8 @@ audit: venv
 scan: venv
 	ansible-playbook -i inventory/lab playbooks/secrets_scan.yml
 
+# Both benchmark parts (scripts/bench.py): about 45 minutes, on a machine to itself (its own
+# containers, named bench-*, beside the lab's; not beside `make test`). Tables in results/.
 bench: deps venv
 	python scripts/bench.py
 

@@ -35,7 +35,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,6 +159,27 @@ def playbook_stats(json_output: str) -> tuple[int, int, int]:
     changed = sum(int(h.get("changed", 0)) for h in stats.values())
     failed = sum(int(h.get("failures", 0)) + int(h.get("unreachable", 0)) for h in stats.values())
     return changed, failed, len(stats)
+
+
+def role_seconds(json_output: str) -> dict[str, float]:
+    """Seconds spent in each role (tasks outside a role count as "play tasks"), from the JSON callback.
+
+    A task's time is its wall time over all its hosts, so the roles' times add up to the run's.
+    """
+    document = json.loads(json_output[json_output.index("{") :])
+    seconds: dict[str, float] = {}
+    for play in document["plays"]:
+        for task in play["tasks"]:
+            name = str(task["task"]["name"])
+            role = name.split(" : ", 1)[0] if " : " in name else "play tasks"
+            duration = task["task"]["duration"]
+            if "end" not in duration:
+                continue
+            took = datetime.datetime.fromisoformat(duration["end"]) - datetime.datetime.fromisoformat(
+                duration["start"]
+            )
+            seconds[role] = seconds.get(role, 0.0) + took.total_seconds()
+    return {role: round(value, 1) for role, value in sorted(seconds.items(), key=lambda item: -item[1])}
 
 
 @contextmanager
@@ -359,12 +380,13 @@ class Run:
     changed: int
     failed: int
     hosts: int
+    roles: dict[str, float] = field(default_factory=dict)
 
 
 def measure(inventory: Path, name: str, *args: str) -> Run:
     seconds, output = ansible_playbook(inventory, "playbooks/site.yml", *args, json_stats=True)
     changed, failed, hosts = playbook_stats(output)
-    return Run(name=name, seconds=round(seconds, 1), changed=changed, failed=failed, hosts=hosts)
+    return Run(name, round(seconds, 1), changed, failed, hosts, role_seconds(output))
 
 
 def extra_client_sources(count: int) -> list[str]:
@@ -394,6 +416,18 @@ def firewall_table(runs: list[Run]) -> str:
         "| --- | ---: | ---: | ---: |",
     ]
     lines += [f"| {r.name} | {r.seconds:.1f} | {r.seconds / base:.2f} | {r.changed} |" for r in runs]
+    return "\n".join(lines)
+
+
+def roles_table(runs_by_size: dict[int, list[Run]], run_index: int) -> str:
+    """Markdown: seconds per role in one kind of run at each size, the roles that grew most first."""
+    sizes = sorted(runs_by_size)
+    per_size = {n: runs_by_size[n][run_index].roles for n in sizes}
+    roles = sorted(set().union(*per_size.values()), key=lambda r: -(per_size[sizes[-1]].get(r, 0.0)))
+    name = runs_by_size[sizes[0]][run_index].name
+    lines = [f"| {name}: role | " + " | ".join(f"{n} members, s" for n in sizes) + " |"]
+    lines.append("| --- |" + " ---: |" * len(sizes))
+    lines += [f"| {r} | " + " | ".join(f"{per_size[n].get(r, 0.0):.1f}" for n in sizes) + " |" for r in roles]
     return "\n".join(lines)
 
 
@@ -443,8 +477,11 @@ def scale_part(args: argparse.Namespace) -> dict[str, object]:
         "sizes": args.sizes,
         "runs": {str(size): [asdict(r) for r in runs] for size, runs in runs_by_size.items()},
         "firewall": {"members": args.sizes[0], "runs": [asdict(r) for r in firewall]},
-        "table": scale_table(runs_by_size),
-        "firewall_table": firewall_table(firewall),
+        "table": scale_table(runs_by_size)
+        + "\n\n"
+        + roles_table(runs_by_size, 1)
+        + "\n\n"
+        + firewall_table(firewall),
     }
 
 
@@ -502,8 +539,6 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps({**about, **report}, indent=2) + "\n")
         print(f"\n## {part} ({out.relative_to(REPO) if out.is_relative_to(REPO) else out})\n")
         print(report["table"])
-        if "firewall_table" in report:
-            print("\n" + str(report["firewall_table"]))
     return 0
 
 

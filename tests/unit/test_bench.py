@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import sys
 from pathlib import Path
 
@@ -131,3 +132,47 @@ def test_extra_client_sources_are_distinct_and_outside_the_lab_networks() -> Non
     sources = bench.extra_client_sources(50)
     assert len(set(sources)) == 50
     assert not any(ipaddress.ip_address(s) in ipaddress.ip_network("10.90.0.0/16") for s in sources)
+
+
+def _task(name: str, start: str, end: str) -> dict[str, object]:
+    return {"hosts": {}, "task": {"name": name, "duration": {"start": start, "end": end}}}
+
+
+TIMED_OUTPUT = json.dumps(
+    {
+        "plays": [
+            {
+                "play": {"name": "Members"},
+                "tasks": [
+                    _task(
+                        "etcd_pki : Read | keys", "2026-11-25T03:00:00.000000Z", "2026-11-25T03:00:02.500000Z"
+                    ),
+                    _task("etcd_pki : Issue", "2026-11-25T03:00:02.500000Z", "2026-11-25T03:00:03.000000Z"),
+                    _task("Gather", "2026-11-25T03:00:03.000000Z", "2026-11-25T03:00:04.000000Z"),
+                    _task("etcd : Start", "2026-11-25T03:00:04.000000Z", "2026-11-25T03:00:10.000000Z"),
+                ],
+            }
+        ],
+        "stats": {},
+    }
+)
+
+
+def test_role_seconds_add_up_task_wall_times_per_role() -> None:
+    assert bench.role_seconds("noise\n" + TIMED_OUTPUT) == {"etcd": 6.0, "etcd_pki": 3.0, "play tasks": 1.0}
+
+
+def test_roles_table_puts_the_roles_that_cost_most_at_the_largest_size_first() -> None:
+    runs = {
+        3: [
+            bench.Run("fresh", 1, 1, 0, 5),
+            bench.Run("no-op re-run", 50, 0, 0, 5, {"etcd": 20.0, "etcd_pki": 10.0}),
+        ],
+        5: [
+            bench.Run("fresh", 1, 1, 0, 7),
+            bench.Run("no-op re-run", 80, 0, 0, 7, {"etcd": 25.0, "etcd_pki": 40.0}),
+        ],
+    }
+    table = bench.roles_table(runs, 1).splitlines()
+    assert table[0] == "| no-op re-run: role | 3 members, s | 5 members, s |"
+    assert table[2:] == ["| etcd_pki | 10.0 | 40.0 |", "| etcd | 20.0 | 25.0 |"]
