@@ -236,7 +236,7 @@ def parse_check_perf(output: str) -> dict[str, float]:
         raise ValueError("check perf printed no result:\n" + output[-2000:])
     return {
         "perf_writes_per_s": float(throughput.group(1)),
-        "perf_slowest_ms": float(slowest.group(1)) * 1000,
+        "perf_slowest_ms": round(float(slowest.group(1)) * 1000, 3),
     }
 
 
