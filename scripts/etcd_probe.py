@@ -296,12 +296,12 @@ def measure_latency(
     held = _HeldConnection(endpoint, ctx, timeout)
     results: list[Latency] = []
     try:
-        for operation in ("put", "range"):
+        # Each kind of request as the report names it, the kv action that makes it, and its value.
+        for operation, action, payload in (("put", "put", value), ("range", "get", None)):
             samples: list[float] = []
             failed = 0
             for i in range(count):
-                action = "put" if operation == "put" else "get"
-                path, body = kv_request(action, f"{prefix}{i:08d}", value if action == "put" else None)
+                path, body = kv_request(action, f"{prefix}{i:08d}", payload)
                 started = time.perf_counter()
                 outcome = held.post(path, body)
                 samples.append((time.perf_counter() - started) * 1000.0)
