@@ -1,4 +1,6 @@
-"""Filter etcd_pki_stale: which of a host's keys, certificates and CA files a run would change.
+"""The controller's expectation of a host's PKI, and two filters that judge what a host sends back.
+
+Filter etcd_pki_stale: which of a host's keys, certificates and CA files a run would change.
 
 The role reads a host's PKI in one remote task (module etcd_pki_read) and this filter decides on the
 controller what is stale. Only stale certificates go through the role's full tasks (key, request,
@@ -9,6 +11,11 @@ The filter must never call current what those full tasks would change: it checks
 community.crypto's openssl_privatekey, x509_certificate_pipe (provider ownca) and the copy module
 check, and anything it cannot read counts as stale. Calling a current certificate stale only costs
 time: the full tasks then find nothing to do.
+
+Filter etcd_pki_csr_differences: how a certificate request returned by a host differs from what
+the inventory says that host's certificate must be. The ownca provider copies a request's subject
+and every extension into the certificate, so the controller signs a request only when this list is
+empty: from the host it takes the public key, and the rest must be exactly the expectation.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -97,15 +105,19 @@ def key_reason(
     return "" if found == wanted else f"key is {found}, wanted {wanted}"
 
 
-def _names_reason(cert: x509.Certificate, spec: dict[str, Any], organization: str) -> str:
-    """What the certificate request would change: subject, names, usages (x509_certificate_pipe)."""
-    wanted_subject = x509.Name(
+def wanted_subject(spec: dict[str, Any], organization: str) -> x509.Name:
+    """The subject the role's certificate request asks for."""
+    return x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
             x509.NameAttribute(NameOID.COMMON_NAME, spec["common_name"]),
         ]
     )
-    if cert.subject != wanted_subject:
+
+
+def _names_reason(cert: x509.Certificate, spec: dict[str, Any], organization: str) -> str:
+    """What the certificate request would change: subject, names, usages (x509_certificate_pipe)."""
+    if cert.subject != wanted_subject(spec, organization):
         return "another subject"
     extensions = {e.oid: e for e in cert.extensions if not isinstance(e.value, _IGNORED_EXTENSIONS)}
     if extensions != wanted_extensions(spec):
@@ -153,6 +165,109 @@ def certificate_reason(
     if not reason and not cert.not_valid_before_utc <= renewal_at <= cert.not_valid_after_utc:
         reason = f"due for renewal (expires {cert.not_valid_after_utc:%Y-%m-%d})"
     return reason
+
+
+# --- a host's certificate request, judged against the expectation ---------------------------------
+
+_KEY_USAGE_FLAGS = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+)
+_USAGE_NAMES = {oid: name for name, oid in _EXTENDED_KEY_USAGES.items()}
+
+
+def _describe_general_name(name: x509.GeneralName) -> str:
+    if isinstance(name, x509.DNSName):
+        return f"DNS:{name.value}"
+    if isinstance(name, x509.IPAddress):
+        return f"IP:{name.value}"
+    return f"{type(name).__name__}:{name.value}"
+
+
+def _describe_extension(extension: x509.Extension[Any] | None) -> str:
+    """An extension as an operator reads it in a refusal: "none", "CA:TRUE (critical)", ..."""
+    if extension is None:
+        return "none"
+    value = extension.value
+    if isinstance(value, x509.BasicConstraints):
+        text = f"CA:{str(value.ca).upper()}" + (
+            f", pathlen:{value.path_length}" if value.path_length is not None else ""
+        )
+    elif isinstance(value, x509.KeyUsage):
+        text = ", ".join(flag for flag in _KEY_USAGE_FLAGS if getattr(value, flag))
+    elif isinstance(value, x509.ExtendedKeyUsage):
+        text = ", ".join(_USAGE_NAMES.get(oid, oid.dotted_string) for oid in value)
+    elif isinstance(value, x509.SubjectAlternativeName):
+        text = ", ".join(sorted(_describe_general_name(name) for name in value))
+    else:
+        text = "present"
+    return f"[{text}]" + (" (critical)" if extension.critical else "")
+
+
+def _extension_name(oid: x509.ObjectIdentifier) -> str:
+    return oid._name if oid._name != "Unknown OID" else oid.dotted_string
+
+
+def _request_key(public_key: PublicKeyTypes) -> tuple[str, str | int]:
+    """Key type and curve (ECC) or size (RSA) of a request's public key, as the inventory names them."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return "ECC", public_key.curve.name
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return "RSA", public_key.key_size
+    return type(public_key).__name__, ""
+
+
+def etcd_pki_csr_differences(
+    csr_pem: str,
+    spec: dict[str, Any],
+    *,
+    organization: str,
+    key_type: str,
+    curve: str,
+    rsa_size: int | str,
+) -> list[str]:
+    """Each way the host's request differs from the expectation: "<field>: asked for X, expected Y".
+
+    An empty list is the only answer under which the controller signs. Every field the ownca
+    provider copies into a certificate is compared (subject, every extension and its criticality),
+    and the request must be signed by the key it carries.
+    """
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode("ascii"))
+        asked = {extension.oid: extension for extension in csr.extensions}
+        public_key = csr.public_key()
+    except (
+        ValueError,
+        UnicodeEncodeError,
+        x509.DuplicateExtension,
+        x509.UnsupportedGeneralNameType,
+    ) as error:
+        return [f"request: unreadable or malformed ({error})"]
+    differences = []
+    if not csr.is_signature_valid:
+        differences.append("signature: the request is not signed by the key it carries")
+    subject = wanted_subject(spec, organization)
+    if csr.subject != subject:
+        differences.append(
+            f"subject: asked for {csr.subject.rfc4514_string()!r}, expected {subject.rfc4514_string()!r}"
+        )
+    wanted = wanted_extensions(spec)
+    for oid in sorted(set(wanted) | set(asked), key=lambda o: o.dotted_string):
+        found, expected = asked.get(oid), wanted.get(oid)
+        if found != expected:
+            differences.append(
+                f"{_extension_name(oid)}: asked for {_describe_extension(found)},"
+                f" expected {_describe_extension(expected)}"
+            )
+    key_wanted = (key_type, curve if key_type == "ECC" else int(rsa_size))
+    if _request_key(public_key) != key_wanted:
+        differences.append(f"key: asked for {_request_key(public_key)}, expected {key_wanted}")
+    return differences
 
 
 def read_ca_certificates(ca_directory: str, ca_files: dict[str, str]) -> dict[str, str]:
@@ -224,4 +339,4 @@ class FilterModule:
     """The role's filters."""
 
     def filters(self) -> dict[str, Any]:
-        return {"etcd_pki_stale": etcd_pki_stale}
+        return {"etcd_pki_stale": etcd_pki_stale, "etcd_pki_csr_differences": etcd_pki_csr_differences}
