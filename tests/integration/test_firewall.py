@@ -214,3 +214,55 @@ def test_a_rebooted_member_loads_its_table_before_etcd(
         if "refused" in (control["error"] or "").lower():
             break
     assert_dropped(probe, topology.untrusted[0], address, CLIENT)
+
+
+# --- the host's own firewall service ----------------------------------------------------------
+
+
+@pytest.fixture
+def host_tables_restored(topology: Topology, host_of: HostOf) -> Iterator[Host]:
+    """The first member; its own (non-etcd) tables are put back afterwards, as its admin would."""
+    host = host_of(topology.members[0])
+    saved = host.check_output("nft list ruleset")
+    yield host
+    host.run(f"nft list table inet {TABLE} >/dev/null || systemctl restart etcd-firewall")
+    for name in re.findall(r"^table inet (\w+)", saved, re.MULTILINE):
+        if name != TABLE and host.run(f"nft list table inet {name}").rc != 0:
+            body = re.search(rf"^table inet {name} {{.*?^}}", saved, re.MULTILINE | re.DOTALL)
+            assert body, saved
+            host.run_expect([0], "printf '%%s\\n' %s | nft -f -", body.group(0))
+
+
+@pytest.mark.changes_cluster
+def test_restarting_reloading_stopping_or_starting_nftables_keeps_etcds_table(
+    topology: Topology, probe: Probe, host_tables_restored: Host
+) -> None:
+    # Debian's nftables.service flushes the whole ruleset on each of these; an administrator does
+    # them routinely after editing the host's firewall.
+    host, member = host_tables_restored, topology.members[0]
+    wanted = table(host)
+    attacker, address = topology.untrusted[0], topology.addresses[member]
+    for action in ("restart", "reload", "stop", "start"):
+        host.run_expect([0], f"systemctl {action} nftables.service")
+        assert table(host) == wanted, f"after `systemctl {action} nftables` the table is not the same"
+        assert host.service("etcd-firewall.service").is_running
+        if action in ("restart", "reload"):
+            for port in (CLIENT, PEER, METRICS):
+                assert_dropped(probe, attacker, address, port)
+
+
+@pytest.mark.changes_cluster
+def test_the_summary_names_a_member_whose_table_is_gone(
+    topology: Topology, host_tables_restored: Host
+) -> None:
+    host, member = host_tables_restored, topology.members[0]
+    # What a "flush ruleset" by hand leaves: etcd-firewall.service active, the table gone.
+    host.check_output(f"nft delete table inet {TABLE}")
+    missing = run_site(topology, "--check", "--tags", "summary")
+    host.check_output("systemctl restart etcd-firewall.service")
+    loaded = run_site(topology, "--check", "--tags", "summary")
+
+    assert missing.returncode == 0, missing.stdout[-5000:]
+    text = " ".join(missing.stdout.split())
+    assert f"WARNING: the firewall table inet {TABLE} is NOT loaded on {member}:" in text, text[-5000:]
+    assert f"firewall table inet {TABLE} loaded on every member" in " ".join(loaded.stdout.split())
