@@ -279,6 +279,21 @@ def certificate_verdicts(certs: dict[str, str], renewal_days: int, now: datetime
     return verdicts
 
 
+def kube_bench_config(member: Evidence) -> tuple[str | None, dict[str, Any]]:
+    """The file kube-bench would judge for CIS 1.1.7/1.1.8: the first of its list that exists.
+
+    The evidence holds the list (etcd_audit_kube_bench_etcd_confs) and `stat --format "%n %a %U:%G"`
+    lines for the files of it that exist; returns that file and its stat in file_check's form.
+    """
+    found: dict[str, Any] = {}
+    for line in member.get("kube_bench_stats") or []:
+        path, mode, owner = line.rsplit(" ", 2)
+        user, _, group = owner.partition(":")
+        found[path] = {"exists": True, "mode": f"{int(mode, 8):04o}", "pw_name": user, "gr_name": group}
+    picked = next((path for path in member.get("kube_bench_confs") or [] if path in found), None)
+    return picked, found
+
+
 def file_verdicts(flags: dict[str, str], member: Evidence, user: str) -> list[Verdict]:
     """CIS 1.1.7, 1.1.8, 1.1.11, 1.1.12 and the private keys' modes and owners."""
     stats: dict[str, Any] = member.get("stats") or {}
@@ -291,6 +306,14 @@ def file_verdicts(flags: dict[str, str], member: Evidence, user: str) -> list[Ve
             ("etcd-config-owner", "1.1.8", f"etcd's configuration {name} is owned by root:root",
              file_check(stats, config, "configuration file", None, ("root:root",))),
         ]  # fmt: skip
+    picked, stats_of = kube_bench_config(member)
+    judged, what = picked or "(none)", "file of kube-bench's etcd list that exists"
+    verdicts += [
+        ("etcd-kube-bench-config-mode", "1.1.7", f"kube-bench's file {judged} is 0600 or stricter",
+         file_check(stats_of, picked, what, 0o600, ())),
+        ("etcd-kube-bench-config-owner", "1.1.8", f"kube-bench's file {judged} is owned by root:root",
+         file_check(stats_of, picked, what, None, ("root:root",))),
+    ]  # fmt: skip
     data_dir = flags.get("data-dir")
     verdicts += [
         ("etcd-data-dir-mode", "1.1.11", "the data directory is 0700 or stricter",

@@ -112,6 +112,50 @@ def test_configuration_files_are_root_only(topology: Topology, host_of: HostOf, 
         assert (f.user, f.group, f.mode) == ("root", "root", 0o600), f"{member}:{path}"  # CIS 1.1.7/8
 
 
+def package_unit(host: Host) -> str:
+    """The etcd unit the Debian package ships, as dpkg knows its path."""
+    files = host.check_output("dpkg-query --listfiles etcd-server").splitlines()
+    units = [f for f in files if re.fullmatch(r"/.*/systemd/system/etcd\.service", f)]
+    assert len(units) == 1, files
+    return units[0]
+
+
+def test_the_packages_unit_kube_bench_judges_is_root_only(topology: Topology, host_of: HostOf) -> None:
+    # kube-bench judges CIS 1.1.7/1.1.8 on the first file of its list that exists: on a Debian
+    # member, the package's unit (see etcd_audit_kube_bench_etcd_confs).
+    for member in topology.members:
+        host = host_of(member)
+        unit = package_unit(host)
+        f = host.file("/usr/lib/systemd/system/etcd.service")
+        assert (f.user, f.group, f.mode) == ("root", "root", 0o600), f"{member}: {unit}"
+        assert host.check_output(f"dpkg-statoverride --list {unit}") == f"root root 600 {unit}", member
+
+
+@pytest.mark.changes_cluster
+def test_the_packages_unit_stays_root_only_when_the_package_is_installed_again(
+    topology: Topology, host_of: HostOf
+) -> None:
+    # What an upgrade does to the file: dpkg unpacks it again. policy-rc.d keeps the package's
+    # scripts from restarting etcd, as an unattended upgrade under a maintenance policy would.
+    member = topology.members[0]
+    host = host_of(member)
+    pid = host.check_output("systemctl show -p MainPID --value etcd.service")
+    deb = host.run("ls /var/cache/apt/archives/etcd-server_*.deb").stdout.split()
+    if not deb:
+        host.run_expect([0], "cd /var/cache/apt/archives && apt-get download -q etcd-server")
+        deb = host.check_output("ls /var/cache/apt/archives/etcd-server_*.deb").split()
+    host.run_expect(
+        [0], "printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d"
+    )
+    try:
+        host.run_expect([0], f"DEBIAN_FRONTEND=noninteractive dpkg --install {deb[-1]}")
+    finally:
+        host.run("rm -f /usr/sbin/policy-rc.d")
+    f = host.file(package_unit(host))
+    assert (f.user, f.group, f.mode) == ("root", "root", 0o600)
+    assert host.check_output("systemctl show -p MainPID --value etcd.service") == pid
+
+
 def test_key_files_are_0600_and_owned_by_their_user(topology: Topology, host_of: HostOf) -> None:
     expected = {
         "/etc/etcd/pki/server.key": "etcd",

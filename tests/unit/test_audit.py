@@ -226,6 +226,53 @@ def test_modes_and_owners_are_judged_against_cis() -> None:
     )
 
 
+KUBE_BENCH_CONFS = [
+    "/etc/kubernetes/manifests/etcd.yaml",
+    "/etc/etcd/etcd.conf",
+    "/usr/lib/systemd/system/etcd.service",
+]
+
+
+@pytest.mark.parametrize(
+    ("stat_lines", "expected"),
+    [
+        pytest.param(
+            ["/usr/lib/systemd/system/etcd.service 644 root:root"],
+            (FAIL, "/usr/lib/systemd/system/etcd.service: mode 0644 (want 0600 or stricter)"),
+            id="the Debian package's unit, as installed",
+        ),
+        pytest.param(
+            ["/usr/lib/systemd/system/etcd.service 600 root:root"],
+            (PASS, "/usr/lib/systemd/system/etcd.service: 0600 root:root"),
+            id="the package's unit under a stat override",
+        ),
+        pytest.param(
+            ["/etc/etcd/etcd.conf 600 root:root", "/usr/lib/systemd/system/etcd.service 644 root:root"],
+            (PASS, "/etc/etcd/etcd.conf: 0600 root:root"),
+            id="the first file of the list that exists is the one judged",
+        ),
+        pytest.param(
+            [], (FAIL, "no file of kube-bench's etcd list that exists is configured"), id="none exists"
+        ),
+    ],
+)
+def test_cis_1_1_7_is_judged_on_the_file_kube_bench_picks(
+    stat_lines: list[str], expected: tuple[str, str]
+) -> None:
+    member = {
+        "source": "systemd",
+        "config_text": "ExecStart=/usr/bin/etcd",
+        "kube_bench_confs": KUBE_BENCH_CONFS,
+        "kube_bench_stats": stat_lines,
+        "expected": {"user": "etcd"},
+    }
+    checks = {c.id: c for c in judge([{"host": "m1", "member": member}], NOW)}
+    assert (
+        checks["etcd-kube-bench-config-mode"].status,
+        checks["etcd-kube-bench-config-mode"].detail,
+    ) == expected
+
+
 def test_apparmor_without_a_kernel_that_has_it_is_not_applicable_never_a_pass() -> None:
     member = {
         "running": {"pid": "42", "apparmor_kernel": ""},
