@@ -127,6 +127,78 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
         {"kube_apiserver_etcd_encryption_providers": ["kms", "secretbox"]},
         r"The kms provider needs kube_apiserver_etcd_kms_name",
     ),
+    "a member name with a comma": (
+        topology(
+            {
+                f"never-etcd-{i}" if i != 2 else "never,etcd-2": {"etcd_address": f"192.0.2.{i}"}
+                for i in (1, 2, 3)
+            }
+        ),
+        {},
+        r"the inventory host name is 'never,etcd-2' on never,etcd-2: it must be a host name of letters,"
+        r" digits",
+    ),
+    "a member name with a systemd specifier": (
+        topology(
+            {
+                f"never-etcd-{i}" if i != 2 else "never-etcd-%i": {"etcd_address": f"192.0.2.{i}"}
+                for i in (1, 2, 3)
+            }
+        ),
+        {},
+        r"the inventory host name is 'never-etcd-%i' on never-etcd-%i: it must be a host name",
+    ),
+    "an address with a trailing newline": (
+        topology(
+            {
+                f"never-etcd-{i}": {"etcd_address": f"192.0.2.{i}" + ("\n" if i == 3 else "")}
+                for i in (1, 2, 3)
+            }
+        ),
+        {},
+        r"etcd_address is '192\.0\.2\.3\\n' on never-etcd-3: it must be one IPv4 or IPv6 address and"
+        r" nothing else",
+    ),
+    "an IPv6 address with a zone": (
+        topology(
+            {
+                f"never-etcd-{i}": {"etcd_address": f"fe80::{i}" + ("%eth0" if i == 1 else "")}
+                for i in (1, 2, 3)
+            }
+        ),
+        {},
+        r"These members have no usable etcd_address .*: never-etcd-1\. Set etcd_address",
+    ),
+    "a data directory with a space": (
+        topology(),
+        {"etcd_data_dir": "/var/lib/etcd/my data"},
+        r"etcd_data_dir is '/var/lib/etcd/my data' on never-etcd-1, never-etcd-2, never-etcd-3: it must be an"
+        r" absolute path",
+    ),
+    "every IPv4 address as a client source": (
+        topology(),
+        {"etcd_firewall_client_extra_sources": ["0.0.0.0/0"]},
+        r"etcd_firewall_client_extra_sources is '0\.0\.0\.0/0' on never-etcd-1, never-etcd-2,"
+        r" never-etcd-3: it must be an IPv4 or IPv6 address or CIDR and nothing else, narrower than"
+        r" the whole address space",
+    ),
+    "every IPv6 address as a metrics source": (
+        topology(),
+        {"etcd_firewall_metrics_sources": ["::/0"]},
+        r"etcd_firewall_metrics_sources is '::/0' on never-etcd-1, never-etcd-2, never-etcd-3: it must be",
+    ),
+    "a quote in the firewall's log prefix": (
+        topology(),
+        {"etcd_firewall_log_prefix": 'etcd" accept comment "'},
+        r"etcd_firewall_log_prefix is 'etcd\" accept comment \"' on never-etcd-1, never-etcd-2,"
+        r" never-etcd-3: it must be at most 127 letters, digits, spaces",
+    ),
+    "a log rate nft does not know": (
+        topology(),
+        {"etcd_firewall_log_rate": "10/minute accept"},
+        r"etcd_firewall_log_rate is '10/minute accept' on never-etcd-1, never-etcd-2, never-etcd-3: it"
+        r" must be an nftables rate",
+    ),
     "missing apiserver group": (
         {"vars": dict(NEVER), "children": {"etcd": topology()["children"]["etcd"]}},
         {},
