@@ -333,24 +333,27 @@ def file_verdicts(flags: dict[str, str], member: Evidence, user: str) -> list[Ve
 def host_verdicts(member: Evidence) -> list[Verdict]:
     """What the host really does: data-dir mount, AppArmor of the running etcd, the unit's sandbox."""
     expected: dict[str, Any] = member.get("expected") or {}
-    fstype, source = [*(member.get("mount") or "").split(), "?", "?"][:2]
-    mounted = "tmpfs" if fstype == "tmpfs" else "luks" if source.startswith("/dev/mapper/") else "disk"
+    fstype, source, device_type = [*(member.get("mount") or "").split(), "?", "?", "?"][:3]
+    # Only a dm-crypt mapping is encrypted: an LVM volume is also under /dev/mapper/.
+    mounted = "tmpfs" if fstype == "tmpfs" else "luks" if device_type == "crypt" else "disk"
     want = str(expected.get("storage_mode") or "disk")
     verdicts: list[Verdict] = [
         ("etcd-data-at-rest", "", f"the data directory is mounted as the inventory says ({want})",
-         (PASS if mounted == want else FAIL, f"{fstype} on {source} ({mounted})")),
+         (PASS if mounted == want else FAIL, f"{fstype} on {source}, a {device_type} device ({mounted})")),
     ]  # fmt: skip
     running = member.get("running") or {}
     if not running.get("pid"):
         apparmor = (FAIL, "etcd is not running")
     elif running.get("apparmor_kernel") != "Y":
-        apparmor = (NA, "the kernel has no AppArmor: nothing can be enforced here (the VM tier shows it)")
-    else:
-        label, want_mode = running.get("apparmor", ""), str(expected.get("apparmor_mode") or "enforce")
         apparmor = (
-            PASS if label.endswith(f"({want_mode})") else FAIL,
-            f"running etcd: {label or 'unconfined'}",
+            (FAIL, "the kernel has no AppArmor, and the inventory requires enforcement")
+            if expected.get("apparmor_require_kernel", True)
+            else (NA, "the kernel has no AppArmor: nothing can be enforced here (the VM tier shows it)")
         )
+    else:
+        # etcd's own profile in the inventory's mode: any other profile in enforce mode is not it.
+        label, want = running.get("apparmor", ""), str(expected.get("apparmor_label") or "etcd (enforce)")
+        apparmor = (PASS if label == want else FAIL, f"running etcd: {label or 'unconfined'} (want {want})")
     verdicts.append(("etcd-apparmor", "", "the running etcd is confined by its AppArmor profile", apparmor))
     score = re.search(r"Overall exposure level for \S+: ([0-9.]+)", member.get("sandbox") or "")
     if member.get("source") == "kubeadm":

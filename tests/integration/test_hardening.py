@@ -117,7 +117,7 @@ def package_unit(host: Host) -> str:
     files = host.check_output("dpkg-query --listfiles etcd-server").splitlines()
     units = [f for f in files if re.fullmatch(r"/.*/systemd/system/etcd\.service", f)]
     assert len(units) == 1, files
-    return units[0]
+    return str(units[0])
 
 
 def test_the_packages_unit_kube_bench_judges_is_root_only(topology: Topology, host_of: HostOf) -> None:

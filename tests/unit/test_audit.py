@@ -276,20 +276,56 @@ def test_cis_1_1_7_is_judged_on_the_file_kube_bench_picks(
 def test_apparmor_without_a_kernel_that_has_it_is_not_applicable_never_a_pass() -> None:
     member = {
         "running": {"pid": "42", "apparmor_kernel": ""},
-        "mount": "tmpfs tmpfs",
-        "expected": {"storage_mode": "tmpfs"},
+        "mount": "tmpfs tmpfs -",
+        # As in the lab's containers: the inventory accepts a kernel without AppArmor.
+        "expected": {"storage_mode": "tmpfs", "apparmor_require_kernel": False},
     }
     checks = {c.id: c for c in judge([{"host": "m1", "member": member}], NOW)}
     assert checks["etcd-apparmor"].status == NA
     assert checks["etcd-data-at-rest"].status == PASS
     member["running"] = {"pid": "42", "apparmor_kernel": "Y", "apparmor": "etcd (complain)"}
-    member["mount"] = "ext4 /dev/vda1"
+    member["mount"] = "ext4 /dev/vda1 disk"
     checks = {c.id: c for c in judge([{"host": "m1", "member": member}], NOW)}
     assert checks["etcd-apparmor"].status == FAIL
     assert (checks["etcd-data-at-rest"].status, checks["etcd-data-at-rest"].detail) == (
         FAIL,
-        "ext4 on /dev/vda1 (disk)",
+        "ext4 on /dev/vda1, a disk device (disk)",
     )
+
+
+def member_judged(running: dict[str, str], mount: str, **expected: object) -> dict[str, Check]:
+    member = {"running": running, "mount": mount, "expected": expected}
+    return {c.id: c for c in judge([{"host": "m1", "member": member}], NOW)}
+
+
+def test_only_a_dm_crypt_device_counts_as_luks() -> None:
+    running = {"pid": "42", "apparmor_kernel": "Y", "apparmor": "etcd (enforce)"}
+    lvm = member_judged(running, "ext4 /dev/mapper/vg0-etcd lvm", storage_mode="luks")
+    crypt = member_judged(running, "ext4 /dev/mapper/etcd-data crypt", storage_mode="luks")
+    assert (lvm["etcd-data-at-rest"].status, lvm["etcd-data-at-rest"].detail) == (
+        FAIL,
+        "ext4 on /dev/mapper/vg0-etcd, a lvm device (disk)",
+    )
+    assert crypt["etcd-data-at-rest"].status == PASS
+
+
+def test_apparmor_passes_only_for_etcds_own_profile_and_a_missing_kernel_fails_when_required() -> None:
+    mount = "tmpfs tmpfs -"
+    enforced = {"pid": "42", "apparmor_kernel": "Y", "apparmor": "etcd (enforce)"}
+    other = {"pid": "42", "apparmor_kernel": "Y", "apparmor": "unconfined-but-named (enforce)"}
+    no_kernel = {"pid": "42", "apparmor_kernel": "N"}
+    label = {"apparmor_label": "etcd (enforce)"}
+    assert member_judged(enforced, mount, **label)["etcd-apparmor"].status == PASS
+    assert member_judged(other, mount, **label)["etcd-apparmor"].detail == (
+        "running etcd: unconfined-but-named (enforce) (want etcd (enforce))"
+    )
+    assert member_judged(other, mount, **label)["etcd-apparmor"].status == FAIL
+    required = member_judged(no_kernel, mount, apparmor_require_kernel=True)["etcd-apparmor"]
+    assert (required.status, required.detail) == (
+        FAIL,
+        "the kernel has no AppArmor, and the inventory requires enforcement",
+    )
+    assert member_judged(no_kernel, mount, apparmor_require_kernel=False)["etcd-apparmor"].status == NA
 
 
 def test_an_apiserver_without_a_manifest_is_not_applicable_and_a_loose_one_fails() -> None:
