@@ -427,3 +427,37 @@ def assert_summary_tells_the_truth_about_apparmor(
         )
         line = next((ln for ln in output.splitlines() if f'"{member}: ' in ln), "")
         assert expected in line, line or output[-3000:]
+
+
+# --- scripts/drift.py and scripts/audit.py, as CI runs them -----------------------------------
+
+
+@dataclass(frozen=True)
+class Report:
+    returncode: int
+    output: str
+    data: dict[str, Any]
+
+
+def run_script(topology: Topology, script: str, report: Path, *args: str) -> Report:
+    """Run one of scripts/ against the topology's inventory; read the JSON report it wrote."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / script), "-i", str(topology.inventory), *args],
+        capture_output=True, text=True, check=False, env=ansible_env(),
+    )  # fmt: skip
+    data = json.loads(report.read_text()) if report.exists() else {}
+    return Report(done.returncode, done.stdout + done.stderr[-3000:], data)
+
+
+def drift(topology: Topology, tmp_path: Path, *args: str) -> Report:
+    report = tmp_path / "drift.json"
+    return run_script(topology, "drift.py", report, "--report", str(report), *args)
+
+
+def audit(topology: Topology, tmp_path: Path, *args: str) -> Report:
+    report, junit = tmp_path / "audit.json", tmp_path / "audit.xml"
+    return run_script(topology, "audit.py", report, "--json", str(report), "--junit", str(junit), *args)
+
+
+def failed(report: Report) -> set[tuple[str, str]]:
+    return {(c["host"], c["id"]) for c in report.data.get("checks", []) if c["status"] == "fail"}

@@ -13,11 +13,20 @@ import json
 import re
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from testinfra.host import Host
 
-from conftest import REPO, Topology, assert_summary_tells_the_truth_about_apparmor, run_site
+from conftest import (
+    REPO,
+    Topology,
+    assert_summary_tells_the_truth_about_apparmor,
+    audit,
+    drift,
+    failed,
+    run_site,
+)
 
 HostOf = Callable[[str], Host]
 PROFILE = "etcd"
@@ -150,3 +159,24 @@ def test_the_kernel_logs_the_denials_and_etcd_itself_caused_none(topology: Topol
         by_etcd = [line for line in seen if re.search(r'comm="etcd"', line)]
         assert not by_etcd, f"{member}: the profile denied etcd something it needs: {by_etcd}"
         (RESULTS / f"apparmor-denials-{member}.txt").write_text("\n".join(seen) + "\n")
+
+
+@pytest.mark.vm
+@pytest.mark.changes_cluster
+def test_a_profile_put_in_complain_mode_is_drift_fails_the_audit_and_a_run_repairs_it(
+    topology: Topology, host_of: HostOf, tmp_path: Path
+) -> None:
+    # Root on the member (or a careless admin) relaxes etcd's profile without touching its file.
+    member = topology.members[0]
+    host = host_of(member)
+    host.check_output(f"apparmor_parser --replace --complain {PROFILE_PATH}")
+    drifted = drift(topology, tmp_path, "--limit", f"{member},localhost", "--", "--tags", "apparmor")
+    audited = audit(topology, tmp_path, "--limit", f"{member},localhost")
+    repaired = run_site(topology, "--limit", f"{member},localhost", "--tags", "apparmor")
+    status = json.loads(host.check_output("aa-status --json"))
+
+    assert drifted.returncode == 1, drifted.output[-5000:]
+    assert "would load /etc/apparmor.d/etcd" in drifted.output, drifted.output[-5000:]
+    assert audited.returncode == 1 and (member, "etcd-apparmor") in failed(audited), audited.output[-5000:]
+    assert repaired.returncode == 0, repaired.stdout[-5000:]
+    assert status["profiles"].get(PROFILE) == "enforce", status["profiles"]

@@ -13,20 +13,16 @@ was the same check on the same state, and cost over 3 minutes of `make test`).
 from __future__ import annotations
 
 import datetime
-import json
 import subprocess
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from testinfra.host import Host
 
-from conftest import REPO, Topology, ansible_env, run_site
+from conftest import REPO, Report, Topology, audit, drift, failed, run_site
 
 # Long (two check runs, two audits and a converge): in the debian12 scenario only, which has time
 # to spare in `make test`; it runs there on etcd 3.4 with members on disk and on tmpfs.
@@ -35,37 +31,6 @@ pytestmark = [pytest.mark.changes_cluster(order=0), pytest.mark.debian12_only]
 HostOf = Callable[[str], Host]
 KEY, CERT = "/etc/etcd/pki/server.key", "/etc/etcd/pki/server.crt"
 UNIT = "/etc/systemd/system/etcd.service"
-
-
-@dataclass(frozen=True)
-class Report:
-    returncode: int
-    output: str
-    data: dict[str, Any]
-
-
-def run_script(topology: Topology, script: str, report: Path, *args: str) -> Report:
-    """Run one of scripts/ against the topology's inventory; read the JSON report it wrote."""
-    done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / script), "-i", str(topology.inventory), *args],
-        capture_output=True, text=True, check=False, env=ansible_env(),
-    )  # fmt: skip
-    data = json.loads(report.read_text()) if report.exists() else {}
-    return Report(done.returncode, done.stdout + done.stderr[-3000:], data)
-
-
-def drift(topology: Topology, tmp_path: Path) -> Report:
-    report = tmp_path / "drift.json"
-    return run_script(topology, "drift.py", report, "--report", str(report))
-
-
-def audit(topology: Topology, tmp_path: Path) -> Report:
-    report, junit = tmp_path / "audit.json", tmp_path / "audit.xml"
-    return run_script(topology, "audit.py", report, "--json", str(report), "--junit", str(junit))
-
-
-def failed(report: Report) -> set[tuple[str, str]]:
-    return {(c["host"], c["id"]) for c in report.data.get("checks", []) if c["status"] == "fail"}
 
 
 def expiring_certificate(topology: Topology, current_pem: str, days: int) -> bytes:
