@@ -330,6 +330,57 @@ def file_verdicts(flags: dict[str, str], member: Evidence, user: str) -> list[Ve
     return verdicts
 
 
+def behaviour_verdicts(member: Evidence) -> list[Verdict]:
+    """What etcd really runs as: its unit's files, the sockets it listens on, its ETCD_* environment.
+
+    Flags in our own unit file prove little when another drop-in resets ExecStart= or adds an
+    Environment=: these judge the unit as systemd loads it and the process as it runs.
+    """
+    expected: dict[str, Any] = member.get("expected") or {}
+    running = member.get("running") or {}
+    if member.get("source") == "kubeadm":
+        why = (NA, "a static pod: the kubelet runs it, not the toolkit's unit")
+        return [
+            ("etcd-unit-files", "", "etcd's unit is made of the toolkit's files only", why),
+            ("etcd-listeners", "", "etcd listens on exactly the inventory's sockets", why),
+            ("etcd-environment", "", "etcd was started with no ETCD_* variable of anyone else's", why),
+        ]
+    files = list(member.get("config_files") or [])
+    extra = [f for f in files if f not in (expected.get("unit_files") or [])]
+    unit_files = (
+        (FAIL, "systemd names no file for etcd's unit")
+        if not files
+        else (FAIL, "not written by the toolkit: " + ", ".join(extra))
+        if extra
+        else (PASS, ", ".join(files))
+    )
+    if not running.get("pid"):
+        listeners = environment = (FAIL, "etcd is not running")
+    else:
+        found = {s for s in str(running.get("listeners") or "").split(",") if s}
+        wanted = set(expected.get("listeners") or [])
+        problems = [f"also listens on {', '.join(sorted(found - wanted))}"] if found - wanted else []
+        problems += [f"does not listen on {', '.join(sorted(wanted - found))}"] if wanted - found else []
+        listeners = (
+            (FAIL, "no listening socket was read (nothing is evidence of nothing)")
+            if not found
+            else (FAIL, "; ".join(problems))
+            if problems
+            else (PASS, ", ".join(sorted(found)))
+        )
+        allowed = str(expected.get("allowed_environment") or "^$")
+        entries = [e for e in str(running.get("environment") or "").split("|") if e]
+        stray = [e.split("=", 1)[0] for e in entries if not re.fullmatch(allowed, e)]
+        environment = (
+            (FAIL, "started with " + ", ".join(stray)) if stray else (PASS, ", ".join(entries) or "none")
+        )
+    return [
+        ("etcd-unit-files", "", "etcd's unit is made of the toolkit's files only", unit_files),
+        ("etcd-listeners", "", "etcd listens on exactly the inventory's sockets", listeners),
+        ("etcd-environment", "", "etcd was started with no ETCD_* variable of anyone else's", environment),
+    ]
+
+
 def host_verdicts(member: Evidence) -> list[Verdict]:
     """What the host really does: data-dir mount, AppArmor of the running etcd, the unit's sandbox."""
     expected: dict[str, Any] = member.get("expected") or {}
@@ -382,6 +433,7 @@ def judge_member(host: str, member: Evidence, now: datetime.datetime) -> list[Ch
         *tls_flag_verdicts(flags),
         *certificate_verdicts(member.get("certificates") or {}, int(expected.get("renewal_days") or 30), now),
         *file_verdicts(flags, member, str(expected.get("user") or "etcd")),
+        *behaviour_verdicts(member),
         ("etcd-client-tls-served", "", "the client port refuses TLS 1.1 and demands a client certificate",
          tls_verdict(tls.get("client", ""))),
         ("etcd-peer-tls-served", "", "the peer port refuses TLS 1.1 and demands a client certificate",

@@ -1,10 +1,11 @@
 """Drift detection and the compliance audit, against the converged lab.
 
-Five real drifts, each on its own member and control, are made
-at once (one round of check run, audit and repair instead of five, to keep `make test` within its
+Seven real drifts, each on its own member and control, are made
+at once (one round of check run, audit and repair instead of seven, to keep `make test` within its
 time): a key made 0644, client-cert-auth switched off in etcd's unit, the firewall table deleted, a
-member certificate replaced by one (signed by the etcd CA) that expires in 5 days, and the data
-directory loosened to 0755. Each must be reported by `scripts/drift.py` and by `scripts/audit.py`,
+member certificate replaced by one (signed by the etcd CA) that expires in 5 days, the data
+directory loosened to 0755, an ETCD_* variable in the environment file etcd's unit reads, and a
+drop-in beside ours that gives etcd a plain-HTTP listener the untrusted host reads. Each must be reported by `scripts/drift.py` and by `scripts/audit.py`,
 each exiting non-zero, and one converge must repair them all, after which both are clean: no
 change left, every member judged on every control (the clean check right after the first converge
 was the same check on the same state, and cost over 3 minutes of `make test`).
@@ -13,6 +14,8 @@ was the same check on the same state, and cost over 3 minutes of `make test`).
 from __future__ import annotations
 
 import datetime
+import re
+import shlex
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +34,9 @@ pytestmark = [pytest.mark.changes_cluster(order=0), pytest.mark.debian12_only]
 HostOf = Callable[[str], Host]
 KEY, CERT = "/etc/etcd/pki/server.key", "/etc/etcd/pki/server.crt"
 UNIT = "/etc/systemd/system/etcd.service"
+DROP_IN = "/etc/systemd/system/etcd.service.d/99-local.conf"
+BOOTSTRAP_ENV = "/run/etcd-bootstrap.env"
+PLAIN_PORT = 4001
 
 
 def expiring_certificate(topology: Topology, current_pem: str, days: int) -> bytes:
@@ -83,8 +89,41 @@ def drifted(
         input=soon, check=True,
     )  # fmt: skip
     host_of(third).check_output(f"chmod 0755 {data_dir}")
+    # Behaviour, not files of ours: on the second member an ETCD_* variable in the environment file
+    # etcd's unit reads; on the third a drop-in beside ours that resets ExecStart= to the same
+    # command plus a plain-HTTP listener outside the firewall's ports (the review's attack).
+    host_of(second).check_output(f"echo ETCD_ENABLE_PPROF=true > {BOOTSTRAP_ENV} && systemctl restart etcd")
+    execstart = host_of(third).check_output("systemctl show -p ExecStart --value etcd.service")
+    command = re.search(r"argv\[\]=([^;]*) ;", execstart)
+    assert command, execstart
+    listen = f"https://{topology.addresses[third]}:2379,https://127.0.0.1:2379,http://0.0.0.0:{PLAIN_PORT}"
+    host_of(third).check_output(
+        f"printf '[Service]\\nExecStart=\\nExecStart=%s --listen-client-urls={listen}\\n' "
+        f"{shlex.quote(command.group(1).strip())} > {DROP_IN} && chmod 0600 {DROP_IN} "
+        "&& systemctl daemon-reload && systemctl restart etcd"
+    )
     tmp_path = tmp_path_factory.mktemp("drifted")
     return drift(topology, tmp_path), audit(topology, tmp_path)
+
+
+def read_over_plain_http(topology: Topology, host_of: HostOf) -> int:
+    """What the untrusted host gets from the third member's extra port: an HTTP status, or 0."""
+    script = (
+        "import urllib.request, sys\n"
+        "try:\n"
+        f"    r = urllib.request.urlopen(urllib.request.Request('http://{topology.addresses[topology.members[2]]}:"
+        f'{PLAIN_PORT}/v3/kv/range\', data=b\'{{"key": "AA==", "range_end": "AA=="}}\'), timeout=5)\n'
+        "    print(r.status)\n"
+        "except OSError:\n"
+        "    print(0)\n"
+    )
+    return int(host_of(topology.untrusted[0]).check_output(f"python3 -c {shlex.quote(script)}"))
+
+
+def test_the_drifts_are_real_the_untrusted_host_reads_etcd_over_plain_http(
+    topology: Topology, host_of: HostOf, drifted: tuple[Report, Report]
+) -> None:
+    assert read_over_plain_http(topology, host_of) == 200
 
 
 def test_drift_reports_each_change_and_exits_non_zero(
@@ -104,6 +143,8 @@ def test_drift_reports_each_change_and_exits_non_zero(
     assert reported(second, "irewall"), changes
     assert reported(second, "server"), changes  # the certificate re-issued inside its renewal window
     assert reported(third, "mode 0755 -> 0700"), changes
+    assert reported(second, BOOTSTRAP_ENV, "absent"), changes
+    assert reported(third, DROP_IN, "absent"), changes
 
 
 def test_the_audit_fails_each_loosened_control_and_exits_non_zero(
@@ -118,14 +159,18 @@ def test_the_audit_fails_each_loosened_control_and_exits_non_zero(
         (second, "etcd-firewall"),
         (second, "etcd-cert-file-expiry"),
         (third, "etcd-data-dir-mode"),
+        (second, "etcd-environment"),
+        (third, "etcd-unit-files"),
+        (third, "etcd-listeners"),
     }, audited.output
 
 
 def test_a_converge_repairs_every_drift_and_both_are_clean_again(
-    topology: Topology, drifted: tuple[Report, Report], tmp_path: Path
+    topology: Topology, host_of: HostOf, drifted: tuple[Report, Report], tmp_path: Path
 ) -> None:
     result = run_site(topology)
     assert result.returncode == 0, result.stdout[-5000:]
+    assert read_over_plain_http(topology, host_of) == 0
     checked = drift(topology, tmp_path)
     assert checked.returncode == 0, checked.output
     assert "no drift: a real run would change nothing" in checked.output

@@ -375,3 +375,58 @@ def test_junit_has_a_failure_per_failed_check_and_skips_what_does_not_apply() ->
 def test_an_audit_of_no_host_is_no_verdict(tmp_path: Path) -> None:
     result = run_audit("--evidence-dir", str(tmp_path))
     assert result.returncode == 2 and "no host was audited" in result.stderr, result.stdout
+
+
+OWN_UNIT = [
+    "/etc/systemd/system/etcd.service",
+    "/etc/systemd/system/etcd.service.d/10-etcd-firewall.conf",
+    "/etc/systemd/system/etcd.service.d/20-etcd-apparmor.conf",
+]
+LISTENERS = ["10.0.0.1:2379", "127.0.0.1:2379", "10.0.0.1:2380", "127.0.0.1:2381"]
+
+
+def behaviour(config_files: list[str], listeners: str, environment: str = "") -> dict[str, tuple[str, str]]:
+    member = {
+        "source": "systemd",
+        "config_files": config_files,
+        "running": {"pid": "42", "listeners": listeners, "environment": environment},
+        "expected": {
+            "unit_files": OWN_UNIT,
+            "listeners": LISTENERS,
+            "allowed_environment": "^ETCD_INITIAL_CLUSTER_STATE=(new|existing)$",
+        },
+    }
+    checks = judge([{"host": "m1", "member": member}], NOW)
+    return {
+        c.id: (c.status, c.detail)
+        for c in checks
+        if c.id in ("etcd-unit-files", "etcd-listeners", "etcd-environment")
+    }
+
+
+def test_the_unit_as_systemd_loads_it_the_sockets_and_the_environment_are_judged() -> None:
+    clean = behaviour(OWN_UNIT, ",".join(sorted(LISTENERS)), "ETCD_INITIAL_CLUSTER_STATE=existing")
+    assert {check: status for check, (status, _) in clean.items()} == {
+        "etcd-unit-files": PASS,
+        "etcd-listeners": PASS,
+        "etcd-environment": PASS,
+    }
+    # The attack found in review: a drop-in resets ExecStart= and adds a plain-HTTP listener.
+    drop_in = "/etc/systemd/system/etcd.service.d/99-local.conf"
+    attacked = behaviour(
+        [*OWN_UNIT, drop_in], ",".join([*LISTENERS, "0.0.0.0:4001"]), "ETCD_ENABLE_PPROF=true"
+    )
+    assert attacked == {
+        "etcd-unit-files": (FAIL, f"not written by the toolkit: {drop_in}"),
+        "etcd-listeners": (FAIL, "also listens on 0.0.0.0:4001"),
+        "etcd-environment": (FAIL, "started with ETCD_ENABLE_PPROF"),
+    }
+
+
+def test_no_socket_read_is_not_evidence_of_no_extra_socket() -> None:
+    assert behaviour(OWN_UNIT, "")["etcd-listeners"] == (
+        FAIL,
+        "no listening socket was read (nothing is evidence of nothing)",
+    )
+    missing = behaviour(OWN_UNIT, "127.0.0.1:2379,127.0.0.1:2381")["etcd-listeners"]
+    assert missing == (FAIL, "does not listen on 10.0.0.1:2379, 10.0.0.1:2380")
