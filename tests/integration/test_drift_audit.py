@@ -1,14 +1,15 @@
 """Drift detection and the compliance audit, against the converged lab.
 
-Seven real drifts, each on its own member and control, are made
-at once (one round of check run, audit and repair instead of seven, to keep `make test` within its
-time): a key made 0644, client-cert-auth switched off in etcd's unit, the firewall table deleted, a
-member certificate replaced by one (signed by the etcd CA) that expires in 5 days, the data
-directory loosened to 0755, an ETCD_* variable in the environment file etcd's unit reads, and a
-drop-in beside ours that gives etcd a plain-HTTP listener the untrusted host reads. Each must be reported by `scripts/drift.py` and by `scripts/audit.py`,
-each exiting non-zero, and one converge must repair them all, after which both are clean: no
-change left, every member judged on every control (the clean check right after the first converge
-was the same check on the same state, and cost over 3 minutes of `make test`).
+Seven real drifts, each on its own member and control, are made at once (one round of check run,
+audit and repair instead of seven, to keep `make test` within its time): a key made 0644,
+client-cert-auth switched off in etcd's unit, the firewall table deleted, a member certificate
+replaced by one (signed by the etcd CA) that expires in 5 days, the data directory loosened to
+0755, an ETCD_* variable in the environment file etcd's unit reads, and a drop-in beside ours that
+gives etcd a plain-HTTP listener the untrusted host reads. Each must be reported by
+`scripts/drift.py` and by `scripts/audit.py`, each exiting non-zero, and one converge must repair
+them all, after which both are clean: no change left, every member judged on every control (the
+clean check right after the first converge was the same check on the same state, and cost over 3
+minutes of `make test`).
 """
 
 from __future__ import annotations
