@@ -174,7 +174,10 @@ def test_key_files_are_0600_and_owned_by_their_user(topology: Topology, host_of:
 
 def private_key_fingerprints(host: Host) -> dict[str, str]:
     """Public-key fingerprint of every unencrypted private key file on the host, by path."""
+    # pipefail: an encrypted key (openssl cannot read it without its passphrase) must give no line,
+    # not the hash of empty input; the CA keys' bodies are searched for separately below.
     script = r"""
+set -o pipefail
 dirs="/etc /root /var /home /tmp /opt /usr/local /srv"
 for f in $(grep -rlIs -e '-----BEGIN .*PRIVATE KEY-----' $dirs 2>/dev/null); do
   fp=$(openssl pkey -in "$f" -passin pass: -pubout 2>/dev/null | sha256sum | cut -d' ' -f1) && echo "$f $fp"
@@ -214,6 +217,18 @@ def test_no_ca_private_key_and_no_foreign_private_key_on_any_node(
                 assert fingerprint != apiserver_key, f"the apiserver's key is also on {name} at {path}"
         for path in keys:
             assert not re.search(r"ca\.key$", path), f"{name}: {path}"
+    # Encrypted or not, a CA key file's own bytes: 40 characters from inside each body.
+    pieces = {
+        key.name: "".join(
+            ln for ln in key.read_text().splitlines() if not ln.startswith("-") and ":" not in ln
+        )[64:104]
+        for key in pki_dir.glob("*.key")
+    }
+    assert pieces and all(len(piece) == 40 for piece in pieces.values()), pieces
+    for name in topology.all_hosts:
+        for key, piece in pieces.items():
+            found = host_of(name).run(f"grep -rlF -e {piece} /etc /root /var /home /tmp /opt /usr/local /srv")
+            assert found.stdout.strip() == "", f"the CA key {key} is on {name}: {found.stdout}"
 
 
 def test_controller_holds_only_ca_material(topology: Topology) -> None:

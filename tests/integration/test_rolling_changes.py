@@ -91,12 +91,45 @@ def test_reissue_restarts_members_one_at_a_time_while_writes_go_on(reissue: Chan
     assert_rolled_one_member_at_a_time(reissue)
 
 
-def test_verbose_run_logs_no_private_key_and_no_passphrase(reissue: ChangeRun, topology: Topology) -> None:
+def secrets_on_the_hosts(topology: Topology, host_of: HostOf) -> dict[str, str]:
+    """A piece of every secret the run handled, by where it lives: private key bodies, Secrets keys.
+
+    A log can hold a key without its PEM header (a module's arguments, a diff, JSON with escaped
+    newlines): 40 characters from inside the base64 body are searched for, as is each Secrets key.
+    """
+    found: dict[str, str] = {}
+    for host in topology.members + topology.apiservers:
+        for path in (
+            host_of(host).check_output("grep -rlIs -e '-----BEGIN .*PRIVATE KEY-----' /etc || true").split()
+        ):
+            body = [
+                line
+                for line in host_of(host).file(path).content_string.splitlines()
+                if not line.startswith("-")
+            ]
+            assert body and len(body[0]) >= 56, f"{host}:{path} has no PEM body"
+            found[f"{host}:{path}"] = body[0][16:56]
+    for host in topology.apiservers:
+        keys = host_of(host).check_output("grep -rhoE 'secret: *[A-Za-z0-9+/=]{40,}' /etc/kubernetes || true")
+        for number, line in enumerate(keys.split("\n")):
+            if line.strip():
+                found[f"{host}: Secrets key {number}"] = line.split(":", 1)[1].strip()
+    return found
+
+
+def test_verbose_run_logs_no_private_key_and_no_passphrase(
+    reissue: ChangeRun, topology: Topology, host_of: HostOf
+) -> None:
     assert "Restart | Restart etcd on" in reissue.output, "the run did not restart anything"
     assert not re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY-----", reissue.output)
     passphrase = str(topology.cluster_vars.get("etcd_pki_ca_passphrase", ""))
     if passphrase:
         assert passphrase not in reissue.output
+    secrets = secrets_on_the_hosts(topology, host_of)
+    assert any("Secrets key" in where for where in secrets), f"no Secrets key found to search for: {secrets}"
+    assert len(secrets) > len(topology.members) * 4, secrets
+    leaked = [where for where, piece in secrets.items() if piece in reissue.output]
+    assert not leaked, f"the -vvv log holds these secrets: {leaked}"
 
 
 def test_every_member_is_healthy_after_the_changes(
