@@ -180,6 +180,127 @@ def test_without_the_controllers_key_file_the_run_stops_and_changes_nothing(
         shutil.move(away, keys)
 
 
+# --- fail closed: the controller's keys against the keys the apiservers really use ----------------
+
+OTHER_CONFIG = "/etc/kubernetes/encryption-old/config.yaml"
+
+
+def another_key() -> dict[str, str]:
+    return {"name": "secretbox-20250101T000000Z", "secret": base64.b64encode(os.urandom(32)).decode()}
+
+
+def vault(plain: bytes) -> bytes:
+    """Encrypted with the lab's vault password, as the play writes the controller's key file."""
+    from ansible.parsing.vault import VaultLib, VaultSecret
+
+    password = subprocess.run(
+        [str(REPO / "scripts/lab_vault_password.py")], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    encrypted: bytes = VaultLib([("default", VaultSecret(password.encode()))]).encrypt(plain)
+    return encrypted
+
+
+def apiserver_files(topology: Topology, host_of: HostOf) -> dict[str, str]:
+    """Checksums of every file the role could change on the apiservers, and of the key file."""
+    sums = {"controller key file": key_file(topology).read_bytes().hex()}
+    for apiserver in topology.apiservers:
+        host = host_of(apiserver)
+        for path in (CONFIG, MANIFEST, OTHER_CONFIG):
+            sums[f"{apiserver}:{path}"] = host.file(path).sha256sum if host.file(path).exists else "absent"
+    return sums
+
+
+def refused(result: subprocess.CompletedProcess[str], *phrases: str) -> str:
+    text = " ".join(result.stdout.split())
+    assert result.returncode != 0, text[-3000:]
+    missing = [p for p in phrases if p not in text]
+    assert not missing, f"{missing} not in: {text[-3000:]}"
+    return text
+
+
+@pytest.fixture
+def lab_files_restored(topology: Topology, host_of: HostOf) -> Iterator[dict[str, str]]:
+    """What the test may change (manifest, key file), put back afterwards; the checksums before."""
+    keys = key_file(topology).read_bytes()
+    manifests = {a: host_of(a).file(MANIFEST).content_string for a in topology.apiservers}
+    before = apiserver_files(topology, host_of)
+    yield before
+    key_file(topology).write_bytes(keys)
+    for apiserver, text in manifests.items():
+        host_of(apiserver).run_expect([0], f"rm -rf {Path(OTHER_CONFIG).parent}")
+        subprocess.run(
+            ["podman", "exec", "-i", apiserver, "sh", "-c", f"cat > {MANIFEST}"],
+            input=text,
+            text=True,
+            check=True,
+        )
+
+
+def test_a_live_config_at_another_path_with_other_keys_stops_the_run(
+    topology: Topology, host_of: HostOf, lab_files_restored: dict[str, str]
+) -> None:
+    """(a) The apiserver's flag names another EncryptionConfiguration: its keys are the ones compared."""
+    apiserver = topology.apiservers[0]
+    host = host_of(apiserver)
+    providers = [{"secretbox": {"keys": [another_key()]}}, {"identity": {}}]
+    other = {
+        "kind": "EncryptionConfiguration",
+        "apiVersion": "apiserver.config.k8s.io/v1",
+        "resources": [{"resources": ["secrets"], "providers": providers}],
+    }
+    host.run_expect([0], f"mkdir -p -m 0700 {Path(OTHER_CONFIG).parent}")
+    subprocess.run(["podman", "exec", "-i", apiserver, "sh", "-c", f"umask 077 && cat > {OTHER_CONFIG}"],
+                   input=yaml.safe_dump(other), text=True, check=True)  # fmt: skip
+    host.run_expect(
+        [0],
+        f"sed -i 's|--encryption-provider-config=.*|--encryption-provider-config={OTHER_CONFIG}|' {MANIFEST}",
+    )
+    before = apiserver_files(topology, host_of)
+
+    result = run_encryption_part(topology)
+
+    refused(
+        result, f"{apiserver} uses secretbox keys secretbox-20250101T000000Z (sha256", "Nothing was changed"
+    )
+    assert apiserver_files(topology, host_of) == before
+
+
+def test_a_run_on_part_of_the_apiservers_without_the_key_file_stops_and_makes_no_key(
+    topology: Topology, host_of: HostOf, lab_files_restored: dict[str, str], tmp_path: Path
+) -> None:
+    """(b) The key file is missing and the run does not reach every apiserver (--limit)."""
+    absent = topology.untrusted[0]
+    extra = tmp_path / "second-apiserver.yml"
+    extra.write_text(f"all:\n  children:\n    kube_control_plane:\n      hosts:\n        {absent}: {{}}\n")
+    key_file(topology).unlink()
+
+    result = run_encryption_part(topology, "-i", str(extra))
+
+    refused(result, f"{absent} (group kube_control_plane) are not in this run", "Nothing was changed")
+    assert not key_file(topology).exists(), "a new key file was made"
+    for apiserver in topology.apiservers:
+        for path in (CONFIG, MANIFEST):
+            assert host_of(apiserver).file(path).sha256sum == lab_files_restored[f"{apiserver}:{path}"]
+
+
+def test_a_key_file_that_does_not_hold_the_hosts_keys_stops_the_run(
+    topology: Topology, host_of: HostOf, lab_files_restored: dict[str, str]
+) -> None:
+    """(c) An old backup, or another cluster's key file at the same path."""
+    key_file(topology).write_bytes(vault(yaml.safe_dump({"secretbox": [another_key()]}).encode()))
+    before = apiserver_files(topology, host_of)
+
+    result = run_encryption_part(topology)
+
+    text = refused(
+        result,
+        "and the controller's key file holds secretbox-20250101T000000Z (sha256",
+        "Nothing was changed",
+    )
+    assert "two clusters share one key file path" in text
+    assert apiserver_files(topology, host_of) == before
+
+
 def test_the_audit_judges_the_encrypting_provider_and_keeps_no_key(
     topology: Topology, host_of: HostOf, tmp_path: Path
 ) -> None:

@@ -93,9 +93,20 @@ def kube_apiserver_etcd_version(text: str) -> str:
     return found.group(1) if found else ""
 
 
+def kube_apiserver_etcd_flag(text: str, name: str) -> str:
+    """The value of one of the apiserver's flags in its manifest (the last one wins), or ""."""
+    try:
+        command = [str(a) for a in _container(yaml.safe_load(text) or {}).get("command") or []]
+    except (yaml.YAMLError, AnsibleFilterError, AttributeError):
+        return ""
+    values = [a.split("=", 1)[1] for a in command if a.startswith(f"--{name}=")]
+    return values[-1] if values else ""
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "kube_apiserver_etcd_manifest": kube_apiserver_etcd_manifest,
             "kube_apiserver_etcd_version": kube_apiserver_etcd_version,
+            "kube_apiserver_etcd_flag": kube_apiserver_etcd_flag,
         }
