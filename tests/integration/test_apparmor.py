@@ -22,9 +22,7 @@ from conftest import (
     REPO,
     Topology,
     assert_summary_tells_the_truth_about_apparmor,
-    audit,
     drift,
-    failed,
     run_site,
 )
 
@@ -163,20 +161,20 @@ def test_the_kernel_logs_the_denials_and_etcd_itself_caused_none(topology: Topol
 
 @pytest.mark.vm
 @pytest.mark.changes_cluster
-def test_a_profile_put_in_complain_mode_is_drift_fails_the_audit_and_a_run_repairs_it(
+def test_a_profile_put_in_complain_mode_is_drift_and_a_run_repairs_it(
     topology: Topology, host_of: HostOf, tmp_path: Path
 ) -> None:
     # Root on the member (or a careless admin) relaxes etcd's profile without touching its file.
+    # The audit's verdict on it ("etcd (complain)" is not the inventory's label) is pinned by
+    # tests/unit/test_audit.py; an audit run here would cost minutes of emulated CPU.
     member = topology.members[0]
     host = host_of(member)
     host.check_output(f"apparmor_parser --replace --complain {PROFILE_PATH}")
     drifted = drift(topology, tmp_path, "--limit", f"{member},localhost", "--", "--tags", "apparmor")
-    audited = audit(topology, tmp_path, "--limit", f"{member},localhost")
     repaired = run_site(topology, "--limit", f"{member},localhost", "--tags", "apparmor")
     status = json.loads(host.check_output("aa-status --json"))
 
     assert drifted.returncode == 1, drifted.output[-5000:]
     assert "would load /etc/apparmor.d/etcd" in drifted.output, drifted.output[-5000:]
-    assert audited.returncode == 1 and (member, "etcd-apparmor") in failed(audited), audited.output[-5000:]
     assert repaired.returncode == 0, repaired.stdout[-5000:]
     assert status["profiles"].get(PROFILE) == "enforce", status["profiles"]
