@@ -69,6 +69,8 @@ def test_the_summary_says_whether_apparmor_is_enforced(topology: Topology, host_
     result = run_site(topology, "--check", "--tags", "summary")
     assert result.returncode == 0, result.stdout[-3000:]
     assert_summary_tells_the_truth_about_apparmor(topology, host_of, result.stdout)
+    # The same run's firewall line (test_firewall.py shows the warning when a table is gone).
+    assert "firewall table inet etcd_firewall loaded on every member" in result.stdout
 
 
 # --- the VM tier: a kernel that enforces it ------------------------------------------------------

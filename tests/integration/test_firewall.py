@@ -260,9 +260,8 @@ def test_the_summary_names_a_member_whose_table_is_gone(
     host.check_output(f"nft delete table inet {TABLE}")
     missing = run_site(topology, "--check", "--tags", "summary")
     host.check_output("systemctl restart etcd-firewall.service")
-    loaded = run_site(topology, "--check", "--tags", "summary")
 
     assert missing.returncode == 0, missing.stdout[-5000:]
     text = " ".join(missing.stdout.split())
     assert f"WARNING: the firewall table inet {TABLE} is NOT loaded on {member}:" in text, text[-5000:]
-    assert f"firewall table inet {TABLE} loaded on every member" in " ".join(loaded.stdout.split())
+    assert "loaded on every member" not in text
