@@ -226,6 +226,7 @@ def lab_files_restored(topology: Topology, host_of: HostOf) -> Iterator[dict[str
     before = apiserver_files(topology, host_of)
     yield before
     key_file(topology).write_bytes(keys)
+    key_file(topology).chmod(0o600)
     for apiserver, text in manifests.items():
         host_of(apiserver).run_expect([0], f"rm -rf {Path(OTHER_CONFIG).parent}")
         subprocess.run(
