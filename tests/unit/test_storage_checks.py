@@ -78,7 +78,9 @@ def run_luks_checks(tmp_path: Path, *extra: str, device: str | None = None) -> t
     )
 
 
-PIPELINING_REFUSAL = "Refusing to hand the LUKS key to modules on localhost: Ansible would write them to a file on a disk"
+PIPELINING_REFUSAL = (
+    "Refusing to hand the LUKS key to modules on localhost: Ansible would write them to a file on a disk"
+)
 
 
 def test_luks_key_is_not_handed_over_a_connection_without_pipelining(tmp_path: Path) -> None:
