@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import nft_packet
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -165,7 +166,10 @@ def tls_verdict(transcript: str) -> tuple[str, str]:
     return FAIL, "no TLS handshake at all (is etcd running?)"
 
 
-def networks(addresses: Iterable[str]) -> set[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(addresses: Iterable[str]) -> set[Network]:
     parsed = [ipaddress.ip_network(address, strict=False) for address in addresses]
     v4 = ipaddress.collapse_addresses(n for n in parsed if isinstance(n, ipaddress.IPv4Network))
     v6 = ipaddress.collapse_addresses(n for n in parsed if isinstance(n, ipaddress.IPv6Network))
@@ -189,14 +193,52 @@ def nft_set_elements(ruleset: dict[str, Any], name: str) -> list[str]:
     return elements
 
 
+# Addresses to send a packet from, on paper, when judging the firewall: the first of each family
+# that no rule's sources hold (documentation ranges first, then private ones).
+OUTSIDERS = tuple(
+    ipaddress.ip_address(a)
+    for a in ("192.0.2.1", "198.51.100.1", "10.255.255.254", "100.127.255.254",
+              "2001:db8::1", "fd00:ffff::1", "fe80::ffff")
+)  # fmt: skip
+
+
+def packets_meet(table: nft_packet.Table, port: int, wanted: set[Network]) -> list[str]:
+    """What a packet from outside `wanted`, and one from inside each of its networks, meets at port."""
+    problems = []
+    for version in (4, 6):
+        outsider = next(
+            (a for a in OUTSIDERS if a.version == version and not any(a in n for n in wanted)), None
+        )
+        if outsider is None:
+            problems.append(f"port {port}: the sources hold every test address of IPv{version}")
+            continue
+        ends = table.outcomes(nft_packet.Packet(outsider, port))
+        if any(o.verdict != nft_packet.DROP for o in ends):
+            problems.append(f"port {port}: a packet from {outsider} can meet {describe(ends)}")
+    for network in sorted(wanted, key=str):
+        inside = network[1] if network.num_addresses > 2 else network.network_address
+        ends = table.outcomes(nft_packet.Packet(inside, port))
+        if any(o.verdict != nft_packet.ACCEPT for o in ends):
+            problems.append(f"port {port}: {inside}, an allowed source, can meet {describe(ends)}")
+    return problems
+
+
+def describe(outcomes: list[nft_packet.Outcome]) -> str:
+    return ", ".join(sorted({f"{o.verdict} ({o.why})" for o in outcomes}))
+
+
 def firewall_verdict(member: Evidence) -> tuple[str, str]:
+    """The table's address sets are exactly the inventory's, and what a packet actually meets in it:
+    from outside the sources (IPv4 and IPv6), drop at every etcd port; from each source, accept."""
     expected = (member.get("expected") or {}).get("firewall") or {}
     if not member.get("firewall"):
         return FAIL, f"table inet {expected.get('table', 'etcd_firewall')} is not loaded"
     if not expected:
         return NA, "the inventory does not say who may connect (etcd_firewall_enabled is false)"
     ruleset = json.loads(member["firewall"])
+    table = nft_packet.Table(ruleset)
     problems = []
+    ports = []
     for name, rule in expected.get("rules", {}).items():
         actual = networks(nft_set_elements(ruleset, f"{name}_v4") + nft_set_elements(ruleset, f"{name}_v6"))
         want = networks(rule.get("sources", []))
@@ -206,16 +248,16 @@ def firewall_verdict(member: Evidence) -> tuple[str, str]:
             problems.append(
                 f"port {rule.get('port')} ({name}): extra {extra or '-'}, missing {missing or '-'}"
             )
-    verdicts = [
-        rule.get("expr", [])
-        for entry in ruleset.get("nftables", [])
-        if (rule := entry.get("rule")) and rule.get("chain") == "input"
-    ]
-    if not any(any("drop" in expr or "reject" in expr for expr in exprs) for exprs in verdicts):
-        problems.append("no final drop for the etcd ports")
+        ports.append(int(rule["port"]))
+        problems += packets_meet(table, int(rule["port"]), want)
+    if not ports:
+        problems.append("the inventory names no port to judge")
     if problems:
         return FAIL, "; ".join(problems)
-    return PASS, "sources match the inventory; everything else to the etcd ports is dropped"
+    return PASS, (
+        f"sources match the inventory; from elsewhere, ports {', '.join(map(str, ports))} meet drop"
+        " (IPv4 and IPv6), and each source meets accept"
+    )
 
 
 # One judged control: (id, CIS id or "", title, (status, detail)).

@@ -81,6 +81,9 @@ def drifted(
     data_dir = f"/var/lib/etcd/{topology.cluster_vars['etcd_cluster_name']}"
     host_of(first).check_output(f"chmod 0644 {KEY}")
     host_of(first).check_output(f"sed -i 's/--client-cert-auth=true/--client-cert-auth=false/' {UNIT}")
+    # A rule that lets anyone reach the client port, ahead of the table's own: the sets still match
+    # the inventory and the final drop is still there (what the audit once judged by).
+    host_of(first).check_output("nft insert rule inet etcd_firewall input tcp dport 2379 accept")
     host_of(second).check_output("nft delete table inet etcd_firewall")
     soon = expiring_certificate(topology, host_of(second).check_output(f"cat {CERT}") + "\n", days=5)
     subprocess.run(
@@ -121,10 +124,28 @@ def read_over_plain_http(topology: Topology, host_of: HostOf) -> int:
     return int(host_of(topology.untrusted[0]).check_output(f"python3 -c {shlex.quote(script)}"))
 
 
+def connects(host_of: HostOf, source: str, address: str, port: int) -> bool:
+    """Whether a TCP connection from `source` to address:port is made (a dropped SYN times out)."""
+    script = (
+        "import socket\n"
+        "try:\n"
+        f"    socket.create_connection(('{address}', {port}), timeout=3).close()\n"
+        "    print(1)\n"
+        "except OSError:\n"
+        "    print(0)\n"
+    )
+    return bool(host_of(source).check_output(f"python3 -c {shlex.quote(script)}") == "1")
+
+
 def test_the_drifts_are_real_the_untrusted_host_reads_etcd_over_plain_http(
     topology: Topology, host_of: HostOf, drifted: tuple[Report, Report]
 ) -> None:
     assert read_over_plain_http(topology, host_of) == 200
+    first, _, third = topology.members[:3]
+    untrusted = topology.untrusted[0]
+    # The inserted accept opens the first member's client port to it; the third's still refuses it.
+    assert connects(host_of, untrusted, topology.addresses[first], 2379)
+    assert not connects(host_of, untrusted, topology.addresses[third], 2379)
 
 
 def test_drift_reports_each_change_and_exits_non_zero(
@@ -141,6 +162,7 @@ def test_drift_reports_each_change_and_exits_non_zero(
     # The PKI role handles keys with no_log: the task, not the diff, says which key.
     assert reported(first, "private key", "server"), changes
     assert reported(first, UNIT), changes
+    assert reported(first, "irewall"), changes  # the accept rule inserted ahead of the table's own
     assert reported(second, "irewall"), changes
     assert reported(second, "server"), changes  # the certificate re-issued inside its renewal window
     assert reported(third, "mode 0755 -> 0700"), changes
@@ -157,6 +179,7 @@ def test_the_audit_fails_each_loosened_control_and_exits_non_zero(
     assert failed(audited) == {
         (first, "etcd-key-file-mode"),
         (first, "etcd-client-cert-auth"),
+        (first, "etcd-firewall"),
         (second, "etcd-firewall"),
         (second, "etcd-cert-file-expiry"),
         (third, "etcd-data-dir-mode"),
@@ -172,6 +195,7 @@ def test_a_converge_repairs_every_drift_and_both_are_clean_again(
     result = run_site(topology)
     assert result.returncode == 0, result.stdout[-5000:]
     assert read_over_plain_http(topology, host_of) == 0
+    assert not connects(host_of, topology.untrusted[0], topology.addresses[topology.members[0]], 2379)
     checked = drift(topology, tmp_path)
     assert checked.returncode == 0, checked.output
     assert "no drift: a real run would change nothing" in checked.output

@@ -6,11 +6,13 @@ judging itself, on static pods, units, handshake transcripts and nft tables as t
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,39 +123,92 @@ def test_a_served_policy_is_judged_from_the_handshakes() -> None:
     assert tls_verdict("== tls1.1\nconnect:errno=111\n== default\nconnect:errno=111\n")[0] == FAIL
 
 
-def nft_table(clients: list[Any], final: str = "drop") -> str:
-    def nft_set(name: str, elements: list[Any]) -> dict[str, Any]:
-        return {"set": {"family": "inet", "table": "etcd_firewall", "name": name, "elem": elements}}
-
-    return json.dumps(
-        {
-            "nftables": [
-                nft_set("clients_v4", clients),
-                nft_set("clients_v6", ["::1"]),
-                {"rule": {"chain": "input", "expr": [{"match": {}}, {"accept": None}]}},
-                {"rule": {"chain": "input", "expr": [{"match": {}}, {final: None}]}},
-            ]
-        }
-    )
-
-
+LAB_TABLE: dict[str, Any] = json.loads(
+    (Path(__file__).parent / "fixtures/etcd_firewall_table.json").read_text()
+)
 EXPECTED_FIREWALL = {
     "table": "etcd_firewall",
-    "rules": {"clients": {"port": "2379", "sources": ["127.0.0.0/8", "::1", "10.90.24.11", "10.90.24.21"]}},
-}
+    "rules": {
+        "clients": {"port": "2379", "sources": ["10.90.25.11", "10.90.25.12", "10.90.25.13", "10.90.25.21",
+                                                "127.0.0.0/8", "::1"]},
+        "peers": {"port": "2380", "sources": ["10.90.25.11", "10.90.25.12", "10.90.25.13"]},
+        "metrics": {"port": "2381", "sources": ["127.0.0.0/8", "::1"]},
+    },
+}  # fmt: skip
+
+
+def edited_table(edit: Callable[[list[dict[str, Any]]], None]) -> str:
+    listing = copy.deepcopy(LAB_TABLE)
+    edit(listing["nftables"])
+    return json.dumps(listing)
+
+
+def first_rule_index(entries: list[dict[str, Any]]) -> int:
+    return next(i for i, e in enumerate(entries) if "rule" in e)
 
 
 def test_the_firewall_must_let_in_exactly_the_inventorys_sources() -> None:
-    good = [{"prefix": {"addr": "127.0.0.0", "len": 8}}, "10.90.24.11", "10.90.24.21"]
-    member: dict[str, Any] = {"firewall": nft_table(good), "expected": {"firewall": EXPECTED_FIREWALL}}
-    assert firewall_verdict(member)[0] == PASS
-    member["firewall"] = nft_table([*good, {"prefix": {"addr": "10.90.24.0", "len": 24}}])
+    member: dict[str, Any] = {"firewall": json.dumps(LAB_TABLE), "expected": {"firewall": EXPECTED_FIREWALL}}
     status, detail = firewall_verdict(member)
-    assert status == FAIL and "extra ['10.90.24.0/24']" in detail, detail
-    member["firewall"] = nft_table(good, final="counter")
-    assert firewall_verdict(member) == (FAIL, "no final drop for the etcd ports")
+    assert status == PASS and "ports 2379, 2380, 2381 meet drop (IPv4 and IPv6)" in detail, detail
+
+    def widen(entries: list[dict[str, Any]]) -> None:
+        entries[1]["set"]["elem"].append({"prefix": {"addr": "10.90.24.0", "len": 24}})
+
+    member["firewall"] = edited_table(widen)
+    status, detail = firewall_verdict(member)
+    assert status == FAIL and "port 2379 (clients): extra ['10.90.24.0/24']" in detail, detail
     member["firewall"] = ""
     assert firewall_verdict(member) == (FAIL, "table inet etcd_firewall is not loaded")
+
+
+POLICY = "(chain input's policy accept)"
+FIRST_RULE = "(chain input, rule 1)"
+
+
+def accept_2379_from_anywhere(entries: list[dict[str, Any]]) -> None:
+    match = {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 2379}}
+    entries.insert(first_rule_index(entries), {"rule": {"chain": "input", "expr": [match, {"accept": None}]}})
+
+
+def drop_only_ipv4(entries: list[dict[str, Any]]) -> None:
+    nfproto = {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}}
+    entries[-1]["rule"]["expr"].insert(0, nfproto)
+
+
+def drop_another_port(entries: list[dict[str, Any]]) -> None:
+    entries[-1]["rule"]["expr"][0]["match"]["right"] = 9999
+
+
+def no_drop_at_all(entries: list[dict[str, Any]]) -> None:
+    entries.pop()
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (accept_2379_from_anywhere, f"port 2379: a packet from 192.0.2.1 can meet accept {FIRST_RULE}"),
+        (drop_only_ipv4, f"port 2379: a packet from 2001:db8::1 can meet accept {POLICY}"),
+        (drop_another_port, f"port 2380: a packet from 192.0.2.1 can meet accept {POLICY}"),
+        (no_drop_at_all, f"port 2381: a packet from 192.0.2.1 can meet accept {POLICY}"),
+    ],
+)  # fmt: skip
+def test_the_firewall_is_judged_by_what_a_packet_from_elsewhere_meets(
+    edit: Callable[[list[dict[str, Any]]], None], said: str
+) -> None:
+    """Tables whose sets match the inventory and that have a drop rule: the old check passed each."""
+    member = {"firewall": edited_table(edit), "expected": {"firewall": EXPECTED_FIREWALL}}
+    status, detail = firewall_verdict(member)
+    assert status == FAIL and said in detail, detail
+
+
+def test_an_allowed_source_that_cannot_get_in_fails_too() -> None:
+    def drop_first(entries: list[dict[str, Any]]) -> None:
+        entries.insert(first_rule_index(entries), {"rule": {"chain": "input", "expr": [{"drop": None}]}})
+
+    member = {"firewall": edited_table(drop_first), "expected": {"firewall": EXPECTED_FIREWALL}}
+    status, detail = firewall_verdict(member)
+    assert status == FAIL and "port 2379: 10.90.25.21, an allowed source, can meet drop" in detail, detail
 
 
 def self_signed(name: str, days: int) -> str:
