@@ -6,8 +6,16 @@ else reach etcd), with etcd_probe.py beside it:
 
     secrets_scan.py --endpoint https://10.0.0.1:2379 --cacert ca.crt --cert c.crt --key c.key
     secrets_scan.py ... --encryption-config /etc/kubernetes/encryption/encryption-config.yaml --decrypt
-    secrets_scan.py ... --prefix /registry/secrets/ --prefix /registry/configmaps/ --json
+    secrets_scan.py ... --resource secrets --resource widgets.example.com --etcd-prefix /k8s --json
+    secrets_scan.py ... --prefix /registry/secrets/kube-system/ --json   (a part of one resource)
+    secrets_scan.py ... --everything --json     (every value the apiserver stores, by key)
     secrets_scan.py ... --encryption-config - --decrypt < config.json    (the config on stdin)
+
+Where a resource is stored follows the apiserver: its --etcd-prefix, then the resource's path
+(storage_path: a Deployment is <prefix>/deployments/, a custom resource <prefix>/<group>/<plural>/,
+a Service <prefix>/services/specs/). Every prefix is read at one revision and the number of keys
+read must equal what etcd counts there at that revision, or the scan fails: a scan that missed
+keys is no evidence. Nothing read at all is not "clean" either (exit 1).
 
 It reads every value under each prefix over mTLS (etcd's JSON gateway) and sorts it:
 - plaintext: a Kubernetes object as protobuf (`k8s\\0...`) or JSON: what the apiserver stores
@@ -22,7 +30,9 @@ Kubernetes object (this needs python3-cryptography); kms values cannot be opened
 and are counted as not proved, which is not a failure.
 
 Exit status: 0 when every value is encrypted under the current key (and opens, with --decrypt);
-1 on any plaintext, stale, unknown or unopenable value; 2 when the scan cannot run. No value and
+1 on any plaintext, stale, unknown or unopenable value, or when no value was read at all; 2 when
+the scan cannot run or did not read every key under a prefix. With --everything only the counts
+by provider and key are judged (most resources are stored unencrypted by design). No value and
 no key is ever printed: the report names etcd keys, providers and key names only.
 """
 
@@ -35,7 +45,7 @@ import ssl
 import struct
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,19 +118,96 @@ def load_document(path: Path) -> dict[str, Any]:
     return document
 
 
-def resource_of(prefix: str) -> str:
-    """The resource an etcd prefix holds: /registry/secrets/ -> secrets."""
-    parts = [p for p in prefix.split("/") if p]
-    if len(parts) < 2 or parts[0] != "registry":
-        raise ScanError(f"{prefix}: not a Kubernetes prefix (/registry/<resource>/)")
-    return parts[1]
+# --- where the apiserver stores a resource ---------------------------------------------------
+
+# The kube-apiserver stores a resource of the core group or of a group compiled into it under its
+# plural alone (<etcd-prefix>/deployments/<namespace>/<name>: no group in the path), and every other
+# group's (custom resources, aggregated APIs' registrations) under <group>/<plural>. A few built-in
+# registries chose other paths (pkg/registry/*/storage, set with their store's prefix).
+BUILT_IN_GROUPS = frozenset({
+    "", "admissionregistration.k8s.io", "apps", "authentication.k8s.io", "authorization.k8s.io",
+    "autoscaling", "batch", "certificates.k8s.io", "coordination.k8s.io", "discovery.k8s.io",
+    "events.k8s.io", "extensions", "flowcontrol.apiserver.k8s.io", "internal.apiserver.k8s.io",
+    "networking.k8s.io", "node.k8s.io", "policy", "rbac.authorization.k8s.io", "resource.k8s.io",
+    "scheduling.k8s.io", "storage.k8s.io", "storagemigration.k8s.io",
+})  # fmt: skip
+SPECIAL_PATHS = {
+    ("", "services"): "services/specs",
+    ("", "endpoints"): "services/endpoints",
+    ("", "nodes"): "minions",
+    ("", "replicationcontrollers"): "controllers",
+    ("networking.k8s.io", "ingresses"): "ingress",
+    ("extensions", "ingresses"): "ingress",
+}
 
 
-def providers_for(document: dict[str, Any], resource: str) -> list[Provider]:
-    """The providers for a core resource, in order; the first entry that names it wins."""
+@dataclass(frozen=True)
+class Resource:
+    """A resource as an EncryptionConfiguration names it; read from a path, a built-in plural may
+    belong to any built-in group (the path does not say which)."""
+
+    plural: str
+    groups: tuple[str, ...]
+
+    @classmethod
+    def named(cls, name: str) -> Resource:
+        """secrets, secrets. (core), deployments.apps, widgets.example.com."""
+        plural, _, group = name.partition(".")
+        if not plural or plural == "*" or not plural.replace("-", "").isalnum():
+            raise ScanError(f"{name}: name one resource (secrets, deployments.apps), not a wildcard")
+        return cls(plural.lower(), (group.lower(),))
+
+    def selectors(self) -> set[str]:
+        """The names in an EncryptionConfiguration's `resources` that select this resource."""
+        names = {"*.*"}
+        for group in self.groups:
+            names |= (
+                {self.plural, f"{self.plural}.", "*."}
+                if group == ""
+                else {f"{self.plural}.{group}", f"*.{group}"}
+            )
+        return names
+
+
+def normal_etcd_prefix(etcd_prefix: str) -> str:
+    """The apiserver joins its --etcd-prefix as a path: "registry" and "/registry/" are "/registry"."""
+    return "/" + etcd_prefix.strip("/")
+
+
+def storage_path(etcd_prefix: str, resource: Resource) -> str:
+    """The etcd prefix under which the apiserver stores every object of the resource."""
+    (group,) = resource.groups
+    path = SPECIAL_PATHS.get((group, resource.plural))
+    if path is None:
+        path = resource.plural if group in BUILT_IN_GROUPS else f"{group}/{resource.plural}"
+    return f"{normal_etcd_prefix(etcd_prefix).rstrip('/')}/{path}/"
+
+
+def resource_at(etcd_prefix: str, prefix: str) -> Resource | None:
+    """The resource whose objects a prefix holds, or None for the apiserver's whole prefix."""
+    root = normal_etcd_prefix(etcd_prefix).rstrip("/") + "/"
+    if not prefix.startswith(root):
+        raise ScanError(
+            f"{prefix}: not under the apiserver's --etcd-prefix {normal_etcd_prefix(etcd_prefix)}"
+        )
+    parts = [p for p in prefix[len(root) :].split("/") if p]
+    if not parts:
+        return None
+    for (group, plural), path in SPECIAL_PATHS.items():
+        if parts[: path.count("/") + 1] == path.split("/"):
+            return Resource(plural, (group,))
+    if "." in parts[0]:
+        if len(parts) < 2:
+            raise ScanError(f"{prefix}: name a resource of group {parts[0]} (<group>/<plural>/)")
+        return Resource(parts[1], (parts[0],))
+    return Resource(parts[0], tuple(sorted(BUILT_IN_GROUPS)))
+
+
+def providers_for(document: dict[str, Any], resource: Resource) -> list[Provider]:
+    """The providers for a resource, in order; the first entry that names it wins."""
+    wanted = resource.selectors()
     for entry in document.get("resources", []):
-        names = entry.get("resources", [])
-        if resource in names or f"{resource}." in names or "*." in names or "*.*" in names:
+        if wanted & set(entry.get("resources", [])):
             return [parse_provider(p) for p in entry.get("providers", [])]
     return [Provider("identity")]  # no entry: the apiserver does not encrypt it
 
@@ -253,27 +340,61 @@ def prefix_end(prefix: bytes) -> bytes:
     return trimmed[:-1] + bytes([trimmed[-1] + 1])
 
 
-def read_prefix(
-    endpoint: str, ctx: ssl.SSLContext, prefix: str, timeout: float
-) -> Iterator[tuple[bytes, bytes]]:
-    """Every (key, value) under prefix, a page at a time (a big cluster has many Secrets)."""
-    start, end = prefix.encode(), prefix_end(prefix.encode())
-    while True:
-        body = json.dumps({
-            "key": base64.b64encode(start).decode(),
-            "range_end": base64.b64encode(end).decode(),
-            "limit": PAGE_SIZE,
-        }).encode()  # fmt: skip
-        outcome = request(endpoint.rstrip("/") + "/v3/kv/range", ctx, "POST", body, timeout)
-        if not outcome.served:
-            raise ScanError(f"{endpoint}: {outcome.error or f'HTTP {outcome.status}: {outcome.body[:200]}'}")
-        answer = json.loads(outcome.body)
-        kvs = answer.get("kvs", [])
-        for kv in kvs:
-            yield base64.b64decode(kv["key"]), base64.b64decode(kv.get("value", ""))
-        if not answer.get("more") or not kvs:
-            return
-        start = base64.b64decode(kvs[-1]["key"]) + b"\x00"
+def range_request(
+    endpoint: str, ctx: ssl.SSLContext, query: dict[str, Any], timeout: float
+) -> dict[str, Any]:
+    body = json.dumps(query).encode()
+    outcome = request(endpoint.rstrip("/") + "/v3/kv/range", ctx, "POST", body, timeout)
+    if not outcome.served:
+        raise ScanError(f"{endpoint}: {outcome.error or f'HTTP {outcome.status}: {outcome.body[:200]}'}")
+    answer: dict[str, Any] = json.loads(outcome.body)
+    return answer
+
+
+@dataclass
+class PrefixRead:
+    """Every (key, value) under a prefix, a page at a time (a big cluster has many Secrets), all at
+    the revision of the first page; once read, the count is checked against etcd's own."""
+
+    endpoint: str
+    ctx: ssl.SSLContext
+    prefix: str
+    timeout: float
+    read: int = 0
+    held: int | None = None  # what etcd counts under the prefix at that revision
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        start, end = self.prefix.encode(), prefix_end(self.prefix.encode())
+        revision: int | None = None
+        while True:
+            query: dict[str, Any] = {"key": b64(start), "range_end": b64(end), "limit": PAGE_SIZE}
+            if revision is not None:
+                query["revision"] = revision
+            answer = range_request(self.endpoint, self.ctx, query, self.timeout)
+            revision = revision or int(answer["header"]["revision"])
+            kvs = answer.get("kvs", [])
+            for kv in kvs:
+                self.read += 1
+                yield base64.b64decode(kv["key"]), base64.b64decode(kv.get("value", ""))
+            if not answer.get("more") or not kvs:
+                break
+            start = base64.b64decode(kvs[-1]["key"]) + b"\x00"
+        counted = {
+            "key": b64(self.prefix.encode()),
+            "range_end": b64(end),
+            "count_only": True,
+            "revision": revision,
+        }
+        self.held = int(range_request(self.endpoint, self.ctx, counted, self.timeout).get("count", 0))
+        if self.held != self.read:
+            raise ScanError(
+                f"{self.prefix}: read {self.read} keys, but etcd holds {self.held} there at revision"
+                f" {revision}: the scan did not see every value, so it proves nothing"
+            )
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
 
 
 # --- the scan -------------------------------------------------------------------------------
@@ -293,10 +414,16 @@ class Report:
     proved: int = 0
     not_proved: int = 0
     write_keys: dict[str, str] = field(default_factory=dict)  # prefix -> provider/key the config writes
+    read: dict[str, int] = field(default_factory=dict)  # prefix -> values read (all of etcd's there)
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def clean(self) -> bool:
+        """Nothing needs attention, and something was read: an empty scan proves nothing."""
+        return not self.findings and self.total > 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -308,19 +435,25 @@ class Report:
             "findings": [asdict(f) for f in self.findings],
             "decrypted": {"proved": self.proved, "not_proved": self.not_proved},
             "write_keys": self.write_keys,
-            "clean": not self.findings,
+            "read": self.read,
+            "clean": self.clean,
         }
 
 
 def scan(
-    values: dict[str, Iterator[tuple[bytes, bytes]]],
+    values: dict[str, Iterable[tuple[bytes, bytes]]],
     config: dict[str, Any] | None,
     *,
     prove: bool,
+    etcd_prefix: str = "/registry",
 ) -> Report:
     report = Report()
     for prefix, items in values.items():
-        providers = providers_for(config, resource_of(prefix)) if config else []
+        resource = resource_at(etcd_prefix, prefix)
+        if resource is None and config:
+            raise ScanError("--everything counts values by key; judging them needs --resource or --prefix")
+        providers = providers_for(config, resource) if config and resource else []
+        report.read[prefix] = 0
         writer = providers[0] if providers else None
         if writer:
             report.write_keys[prefix] = f"{writer.kind}/{writer.write_key}" if writer.keys else writer.kind
@@ -329,6 +462,9 @@ def scan(
             stored = classify(value)
             key_text = etcd_key.decode(errors="replace")
             report.counts[(prefix, stored.state, stored.provider, stored.key_name)] += 1
+            report.read[prefix] += 1
+            if resource is None:
+                continue  # the whole store: most resources are plain by design; only counted
             if stored.state != "encrypted":
                 report.findings.append(Finding(key_text, stored.state))
                 continue
@@ -350,6 +486,7 @@ def scan(
 def table(report: Report) -> str:
     rows = [("PREFIX", "STATE", "PROVIDER", "KEY", "COUNT")]
     rows += [(p, s, pr or "-", k or "-", str(n)) for (p, s, pr, k), n in sorted(report.counts.items())]
+    rows += [(p, "(nothing)", "-", "-", "0") for p, n in sorted(report.read.items()) if n == 0]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     for prefix, writer in sorted(report.write_keys.items()):
@@ -369,7 +506,9 @@ def table(report: Report) -> str:
         if len(report.findings) > 50:
             lines.append(f"  ... and {len(report.findings) - 50} more (--json lists them all)")
     elif report.total == 0:
-        lines.append("no value under these prefixes")
+        lines.append(
+            "no value under these prefixes: nothing was proved (is this where the apiserver stores them?)"
+        )
     else:
         lines.append(f"all {report.total} values are encrypted under the current key")
     return "\n".join(lines)
@@ -382,7 +521,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cert", required=True, help="an etcd client certificate (the apiserver's)")
     parser.add_argument("--key", required=True, help="its private key")
     parser.add_argument(
-        "--prefix", action="append", help="etcd prefix to scan (repeatable); default /registry/secrets/"
+        "--etcd-prefix", default="/registry", help="the apiserver's --etcd-prefix (default /registry)"
+    )
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument(
+        "--resource", action="append", help="a resource to scan where the apiserver stores it (repeatable); "
+        "secrets, deployments.apps, widgets.example.com; default secrets",
+    )  # fmt: skip
+    what.add_argument("--prefix", action="append", help="an etcd prefix under --etcd-prefix (repeatable)")
+    what.add_argument(
+        "--everything",
+        action="store_true",
+        help="every value under --etcd-prefix, counted by provider and key",
     )
     parser.add_argument(
         "--encryption-config",
@@ -395,17 +545,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.decrypt and not args.encryption_config:
         parser.error("--decrypt needs --encryption-config (the keys)")
+    if args.everything and args.encryption_config:
+        parser.error("--everything counts values by key; judging them needs --resource or --prefix")
     return args
+
+
+def prefixes_to_scan(args: argparse.Namespace) -> list[str]:
+    if args.everything:
+        return [normal_etcd_prefix(args.etcd_prefix).rstrip("/") + "/"]
+    if args.prefix:
+        return list(args.prefix)
+    return [storage_path(args.etcd_prefix, Resource.named(name)) for name in args.resource or ["secrets"]]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    prefixes = args.prefix or ["/registry/secrets/"]
     try:
+        prefixes = prefixes_to_scan(args)
         config = load_document(args.encryption_config) if args.encryption_config else None
         ctx = build_context(args.cacert, cert=args.cert, key=args.key)
-        values = {p: read_prefix(args.endpoint, ctx, p, args.timeout) for p in prefixes}
-        report = scan(values, config, prove=args.decrypt)
+        values: dict[str, Iterable[tuple[bytes, bytes]]] = {
+            p: PrefixRead(args.endpoint, ctx, p, args.timeout) for p in prefixes
+        }
+        report = scan(values, config, prove=args.decrypt, etcd_prefix=args.etcd_prefix)
     except ImportError as exc:
         print(f"secrets_scan: --decrypt needs python3-cryptography on this host ({exc})", file=sys.stderr)
         return 2
@@ -413,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"secrets_scan: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report.to_json(), indent=2, sort_keys=True) if args.json else table(report))
-    return 1 if report.findings else 0
+    return 0 if report.clean else 1
 
 
 if __name__ == "__main__":

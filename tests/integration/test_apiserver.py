@@ -448,14 +448,52 @@ def test_a_key_rotation_goes_through_its_four_phases_and_resumes(
             "--kubeconfig /etc/kubernetes/admin.conf replace -f -") in result.stdout  # fmt: skip
     assert all(names_on(h) == [new["name"], old["name"]] for h in hosts)
 
-    # What that command does: the apiserver writes the Secret again, with the new key. Then phase 4.
+    # What that command does: the apiserver writes the Secret again, with the new key.
     put_sealed(topology, probe, etcd_key, new)
+    the_old_key_stays_unless_a_complete_scan_shows_nothing_under_it(topology, probe, old, new)
+
+    # Then phase 4.
     result = rotate(topology)
     assert result.returncode == 0, result.stdout[-5000:]
     assert "Rotation done" in result.stdout
     assert controller_keys(topology) == [new]
     assert all(names_on(h) == [new["name"]] for h in hosts)
     delete_prefix(topology, probe, etcd_key.rsplit("/", 1)[0] + "/")
+
+
+def the_old_key_stays_unless_a_complete_scan_shows_nothing_under_it(
+    topology: Topology, probe: Probe, old: dict[str, str], new: dict[str, str]
+) -> None:
+    """Phase 3's gate reads every key under the apiservers' --etcd-prefix: (a) a custom resource
+    sealed with the old key (its path holds its group: /registry/<group>/<plural>/), (b) a value under
+    a custom --etcd-prefix, (c) a prefix that holds nothing (no evidence) each keep the old key."""
+    keeps_the_old_key = f"1 value(s) in etcd are still encrypted with {old['name']}"
+    run = uuid.uuid4().hex[:8]
+    widget = f"/registry/example.com/widgets/rotation-{run}/w"
+    put_sealed(topology, probe, widget, old)
+    refused(rotate(topology), keeps_the_old_key)
+    delete_prefix(topology, probe, widget.rsplit("/", 1)[0] + "/")
+
+    custom = f"/custom-{run}"
+    apiserver = topology.apiservers[0]
+    manifest = subprocess.run(["podman", "exec", apiserver, "cat", MANIFEST], capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
+    edited = manifest.replace(
+        "    - --etcd-servers=", f"    - --etcd-prefix={custom}/\n    - --etcd-servers=", 1
+    )
+    assert edited != manifest
+    try:
+        subprocess.run(["podman", "exec", "-i", apiserver, "sh", "-c", f"cat > {MANIFEST}"], input=edited,
+                       text=True, check=True)  # fmt: skip
+        put_sealed(topology, probe, f"{custom}/secrets/rotation/s", old)
+        refused(rotate(topology), keeps_the_old_key)
+        delete_prefix(topology, probe, f"{custom}/")
+        refused(rotate(topology), f"etcd holds no key under {custom}/", "so the old key stays")
+    finally:
+        subprocess.run(["podman", "exec", "-i", apiserver, "sh", "-c", f"cat > {MANIFEST}"], input=manifest,
+                       text=True, check=True)  # fmt: skip
+        delete_prefix(topology, probe, f"{custom}/")
+    assert [k["name"] for k in controller_keys(topology)] == [new["name"], old["name"]]
 
 
 # --- the Secrets-at-rest scanner against the lab's etcd -----------------------------------------

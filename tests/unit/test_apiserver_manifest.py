@@ -15,7 +15,11 @@ import yaml
 from ansible.errors import AnsibleFilterError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "roles/kube_apiserver_etcd/filter_plugins"))
-from kube_apiserver_etcd_manifest import kube_apiserver_etcd_manifest, kube_apiserver_etcd_version
+from kube_apiserver_etcd_manifest import (
+    kube_apiserver_etcd_manifest,
+    kube_apiserver_etcd_storage_prefix,
+    kube_apiserver_etcd_version,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "roles/lab_control_plane/templates/etc/kubernetes/manifests/kube-apiserver.yaml.j2"
@@ -111,3 +115,50 @@ def test_the_version_comes_from_the_image_tag(kubeadm_manifest: str) -> None:
 def test_what_is_not_kubeadms_manifest_is_refused(text: str, message: str) -> None:
     with pytest.raises(AnsibleFilterError, match=message):
         kube_apiserver_etcd_manifest(text, FLAGS, VOLUMES)
+
+
+def with_flags(kubeadm_manifest: str, **flags: str) -> str:
+    return str(
+        kube_apiserver_etcd_manifest(kubeadm_manifest, {k.replace("_", "-"): v for k, v in flags.items()}, [])
+    )
+
+
+def test_the_storage_prefix_is_the_apiservers_etcd_prefix(kubeadm_manifest: str) -> None:
+    assert kube_apiserver_etcd_storage_prefix({"a": kubeadm_manifest}, ["secrets"]) == "/registry"
+    custom = {"a": with_flags(kubeadm_manifest, etcd_prefix="k8s/one/"), "b": with_flags(
+        kubeadm_manifest, etcd_prefix="/k8s/one")}  # fmt: skip
+    assert kube_apiserver_etcd_storage_prefix(custom, ["secrets"]) == "/k8s/one"
+
+
+def test_apiservers_that_disagree_on_the_prefix_are_refused(kubeadm_manifest: str) -> None:
+    manifests = {"a": kubeadm_manifest, "b": with_flags(kubeadm_manifest, etcd_prefix="/other")}
+    with pytest.raises(AnsibleFilterError, match=r"disagree on --etcd-prefix \(b: /other; a: /registry\)"):
+        kube_apiserver_etcd_storage_prefix(manifests, ["secrets"])
+
+
+def test_a_host_without_a_readable_manifest_is_refused(kubeadm_manifest: str) -> None:
+    with pytest.raises(AnsibleFilterError, match="b: the kube-apiserver manifest cannot be read"):
+        kube_apiserver_etcd_storage_prefix({"a": kubeadm_manifest, "b": ""}, ["secrets"])
+
+
+@pytest.mark.parametrize(
+    ("override", "resources", "refused"),
+    [
+        ("/secrets#https://10.9.9.9:2379", ["secrets"], True),
+        ("/events#https://10.9.9.9:2379;https://10.9.9.8:2379", ["secrets"], False),
+        ("apps/deployments#https://10.9.9.9:2379", ["deployments.apps"], True),
+        ("apps/deployments#https://10.9.9.9:2379", ["*.apps"], True),
+        ("/configmaps#https://10.9.9.9:2379", ["*."], True),
+        ("/configmaps#https://10.9.9.9:2379", ["*.*"], True),
+        ("/events#https://10.9.9.9:2379,/secrets#https://10.9.9.9:2379", ["secrets."], True),
+    ],
+)  # fmt: skip
+def test_an_encrypted_resource_kept_in_other_etcd_servers_is_refused(
+    kubeadm_manifest: str, override: str, resources: list[str], refused: bool
+) -> None:
+    manifests = {"a": with_flags(kubeadm_manifest, etcd_servers_overrides=override)}
+    if not refused:
+        assert kube_apiserver_etcd_storage_prefix(manifests, resources) == "/registry"
+        return
+    with pytest.raises(AnsibleFilterError, match="--etcd-servers-overrides stores"):
+        kube_apiserver_etcd_storage_prefix(manifests, resources)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import secrets_scan
+from etcd_probe import Outcome
 
 from kube_envelope import encrypt, secret_key, secret_object
 
@@ -153,14 +155,120 @@ def test_kms_values_are_counted_as_not_provable_not_as_failures() -> None:
 def test_the_first_matching_resource_entry_decides() -> None:
     document = config(aes("aesgcm", "k1"), resources=("configmaps",))
     document["resources"].append({"resources": ["*."], "providers": [aes("secretbox", "sb")]})
-    assert [p.kind for p in secrets_scan.providers_for(document, "secrets")] == ["secretbox"]
-    assert [p.kind for p in secrets_scan.providers_for(document, "configmaps")] == ["aesgcm"]
-    assert [p.kind for p in secrets_scan.providers_for(config(), "events")] == ["identity"]
+    named = secrets_scan.Resource.named
+    assert [p.kind for p in secrets_scan.providers_for(document, named("secrets"))] == ["secretbox"]
+    assert [p.kind for p in secrets_scan.providers_for(document, named("configmaps"))] == ["aesgcm"]
+    assert [p.kind for p in secrets_scan.providers_for(config(), named("events"))] == ["identity"]
+    # "*." is the core group only: a Deployment is not under it.
+    assert [p.kind for p in secrets_scan.providers_for(document, named("deployments.apps"))] == ["identity"]
 
 
-def test_an_empty_prefix_says_so() -> None:
+def test_an_empty_prefix_is_no_evidence() -> None:
     report = secrets_scan.scan(values(), config(aes("aescbc", "k")), prove=True)
-    assert not report.findings and "no value under these prefixes" in secrets_scan.table(report)
+    assert not report.findings and not report.clean and report.to_json()["clean"] is False
+    assert "nothing was proved" in secrets_scan.table(report)
+    assert "/registry/secrets/  (nothing)" in secrets_scan.table(report)
+
+
+@pytest.mark.parametrize(
+    ("etcd_prefix", "resource", "path"),
+    [
+        ("/registry", "secrets", "/registry/secrets/"),
+        ("/registry", "secrets.", "/registry/secrets/"),
+        ("/registry", "deployments.apps", "/registry/deployments/"),
+        ("/registry", "cronjobs.batch", "/registry/cronjobs/"),
+        ("/registry", "widgets.example.com", "/registry/example.com/widgets/"),
+        ("/registry", "customresourcedefinitions.apiextensions.k8s.io",
+         "/registry/apiextensions.k8s.io/customresourcedefinitions/"),
+        ("/registry", "services", "/registry/services/specs/"),
+        ("/registry", "endpoints", "/registry/services/endpoints/"),
+        ("/registry", "nodes", "/registry/minions/"),
+        ("/registry", "ingresses.networking.k8s.io", "/registry/ingress/"),
+        ("/k8s/cluster-a/", "secrets", "/k8s/cluster-a/secrets/"),
+        ("registry", "configmaps", "/registry/configmaps/"),
+    ],
+)  # fmt: skip
+def test_each_resource_is_scanned_where_the_apiserver_stores_it(
+    etcd_prefix: str, resource: str, path: str
+) -> None:
+    named = secrets_scan.Resource.named(resource)
+    assert secrets_scan.storage_path(etcd_prefix, named) == path
+    # And back: the path's resource is the one the config selects.
+    found = secrets_scan.resource_at(etcd_prefix, path + "some-namespace/")
+    assert found is not None and named.selectors() <= found.selectors() | {"*.*"}
+    assert resource.rstrip(".") in found.selectors()
+
+
+@pytest.mark.parametrize("name", ["*.", "*.apps", "*.*", "", "../secrets"])
+def test_a_wildcard_or_odd_resource_name_is_refused(name: str) -> None:
+    with pytest.raises(secrets_scan.ScanError):
+        secrets_scan.Resource.named(name)
+
+
+def test_a_prefix_outside_the_apiservers_is_refused() -> None:
+    with pytest.raises(secrets_scan.ScanError, match="not under the apiserver's --etcd-prefix /k8s"):
+        secrets_scan.scan(values(), None, prove=False, etcd_prefix="/k8s")
+
+
+def test_everything_counts_every_value_by_key_and_flags_none() -> None:
+    found = {"/registry/": iter([
+        (b"/registry/secrets/a/s", encrypt("secretbox", "old", KEYS["secretbox"], secret_object("s"),
+                                           "/registry/secrets/a/s")),
+        (b"/registry/example.com/widgets/a/w", b"k8s:enc:secretbox:v1:old:" + os.urandom(40)),
+        (b"/registry/namespaces/a", secret_object("a")),
+    ])}  # fmt: skip
+    report = secrets_scan.scan(found, None, prove=False)
+    assert report.clean and report.read == {"/registry/": 3}
+    counts = {(c["provider"], c["key"]): c["count"] for c in report.to_json()["counts"]}
+    assert counts == {("secretbox", "old"): 2, ("identity", ""): 1}
+    with pytest.raises(secrets_scan.ScanError, match="needs --resource or --prefix"):
+        secrets_scan.scan({"/registry/": iter([])}, config(aes("aescbc", "k")), prove=False)
+
+
+class FakeEtcd:
+    """etcd's JSON range API over a sorted dict, with a revision; `hide` drops keys from pages only
+    (as a server, proxy or bug that answers pages short would)."""
+
+    def __init__(self, kvs: dict[bytes, bytes], hide: int = 0) -> None:
+        self.kvs, self.hide = dict(sorted(kvs.items())), hide
+        self.revisions_asked: list[int | None] = []
+
+    def __call__(self, url: str, ctx: object, method: str, body: bytes, timeout: float) -> Outcome:
+        query = json.loads(body)
+        self.revisions_asked.append(query.get("revision"))
+        start, end = base64.b64decode(query["key"]), base64.b64decode(query["range_end"])
+        inside = [k for k in self.kvs if start <= k < end]
+        answer: dict[str, Any] = {"header": {"revision": "41"}}
+        if query.get("count_only"):
+            answer["count"] = str(len(inside))
+        else:
+            page = inside[: query["limit"]]
+            shown = page[self.hide :]
+            answer["kvs"] = [{"key": base64.b64encode(k).decode(),
+                              "value": base64.b64encode(self.kvs[k]).decode()} for k in shown]  # fmt: skip
+            answer["more"] = len(inside) > len(page)
+        return Outcome(served=True, status=200, body=json.dumps(answer))
+
+
+def test_every_page_is_read_at_the_first_pages_revision_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    kvs = {f"/registry/secrets/ns/s{i:04}".encode(): secret_object(f"s{i}") for i in range(450)}
+    etcd = FakeEtcd(kvs)
+    monkeypatch.setattr(secrets_scan, "request", etcd)
+    read = secrets_scan.PrefixRead(
+        "https://etcd:2379", ssl.create_default_context(), "/registry/secrets/", 5.0
+    )
+    assert len(list(read)) == 450 and (read.read, read.held) == (450, 450)
+    assert etcd.revisions_asked == [None, 41, 41, 41]  # three pages, then the count, all at 41
+
+
+def test_a_scan_that_missed_keys_proves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    kvs = {f"/registry/secrets/ns/s{i}".encode(): secret_object(f"s{i}") for i in range(5)}
+    monkeypatch.setattr(secrets_scan, "request", FakeEtcd(kvs, hide=2))
+    read = secrets_scan.PrefixRead(
+        "https://etcd:2379", ssl.create_default_context(), "/registry/secrets/", 5.0
+    )
+    with pytest.raises(secrets_scan.ScanError, match="read 3 keys, but etcd holds 5 there at revision 41"):
+        list(read)
 
 
 def test_prefix_end_is_etcds() -> None:

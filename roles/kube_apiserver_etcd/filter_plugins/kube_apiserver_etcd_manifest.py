@@ -7,6 +7,11 @@ manifest already says all of it, the text comes back unchanged, byte for byte, s
 no-op whatever the file's formatting; otherwise it is written as kubeadm writes it (keys sorted,
 two-space indents).
 
+kube_apiserver_etcd_storage_prefix(manifests, resources): the one --etcd-prefix the apiservers
+store their objects under (host -> manifest text), refusing what a scan of that prefix in these
+members could not cover: a host without a readable manifest, apiservers that disagree, and an
+--etcd-servers-overrides that sends an encrypted resource to other etcd servers.
+
 kube_apiserver_etcd_version(text): the Kubernetes version of the manifest's image tag
 ("registry.k8s.io/kube-apiserver:v1.31.2" -> "1.31.2"), or "" when the tag names none.
 """
@@ -103,10 +108,46 @@ def kube_apiserver_etcd_flag(text: str, name: str) -> str:
     return values[-1] if values else ""
 
 
+def _override_selects(override: str, resource: str) -> bool:
+    """Whether "group/resource#servers" (core: "/resource#...") is a resource the config names
+    ("secrets", "secrets.", "deployments.apps", "*.", "*.apps", "*.*")."""
+    group, _, plural = override.split("#", 1)[0].partition("/")
+    named_plural, _, named_group = resource.partition(".")
+    return named_group in (group, "*") and named_plural in (plural, "*")
+
+
+def kube_apiserver_etcd_storage_prefix(manifests: dict[str, str], resources: list[str]) -> str:
+    prefixes: dict[str, list[str]] = {}
+    for host, text in sorted(manifests.items()):
+        if not text or not text.strip():
+            raise AnsibleFilterError(
+                f"{host}: the kube-apiserver manifest cannot be read, so where its apiserver stores objects"
+                " (--etcd-prefix) is unknown; a scan elsewhere would prove nothing"
+            )
+        prefix = "/" + (kube_apiserver_etcd_flag(text, "etcd-prefix") or "/registry").strip("/")
+        prefixes.setdefault(prefix, []).append(host)
+        overrides = [o for o in kube_apiserver_etcd_flag(text, "etcd-servers-overrides").split(",") if o]
+        elsewhere = sorted({str(r) for o in overrides for r in resources if _override_selects(o, str(r))})
+        if elsewhere:
+            raise AnsibleFilterError(
+                f"{host}: --etcd-servers-overrides stores {', '.join(elsewhere)} in other etcd servers"
+                " than these members; a scan here cannot see those values. Scan them there"
+                " (scripts/secrets_scan.py) and rotate by hand, or remove the override."
+            )
+    if len(prefixes) != 1:
+        said = "; ".join(f"{', '.join(hosts)}: {prefix}" for prefix, hosts in sorted(prefixes.items()))
+        raise AnsibleFilterError(
+            f"the apiservers disagree on --etcd-prefix ({said}): they are not one cluster's, or a manifest"
+            " was edited by hand; make them agree first"
+        )
+    return next(iter(prefixes))
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "kube_apiserver_etcd_manifest": kube_apiserver_etcd_manifest,
             "kube_apiserver_etcd_version": kube_apiserver_etcd_version,
             "kube_apiserver_etcd_flag": kube_apiserver_etcd_flag,
+            "kube_apiserver_etcd_storage_prefix": kube_apiserver_etcd_storage_prefix,
         }
