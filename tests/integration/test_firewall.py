@@ -14,6 +14,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,68 @@ def test_members_reach_each_others_peer_port(topology: Topology, probe: Probe) -
         for other in topology.members:
             if other != member:
                 assert_connects(probe, member, topology.addresses[other], PEER)
+
+
+def ipv6_of(topology: Topology, host: str) -> str:
+    address = topology.var(host, "lab_podman_ipv6")
+    assert address, (
+        f"{host} has no IPv6 address: the scenario's network must be dual stack (lab_podman_subnet_v6)"
+    )
+    return str(address)
+
+
+@contextmanager
+def listening_on_ipv6(topology: Topology, member: str, ports: tuple[int, ...]) -> Iterator[str]:
+    """A listener of the test's own at etcd's ports on the member's IPv6 address (etcd listens on its
+    IPv4 address and loopback only), so that a connection there shows the firewall's verdict: made
+    when the table accepts it, silence when it drops it. Yields the address."""
+    address, marker = ipv6_of(topology, member), f"etcd-test-listener-{uuid.uuid4().hex[:8]}"
+    script = (
+        "import socket, threading, sys\n"
+        "def serve(s):\n"
+        "    while True:\n"
+        "        s.accept()[0].close()\n"
+        f"for port in {list(ports)}:\n"
+        "    s = socket.socket(socket.AF_INET6)\n"
+        "    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        f"    s.bind(('{address}', port))\n"
+        "    s.listen(16)\n"
+        "    threading.Thread(target=serve, args=(s,), daemon=True).start()\n"
+        f"open('/run/{marker}', 'w').close()\n"
+        "threading.Event().wait()\n"
+    )
+    subprocess.run(["podman", "exec", "-d", member, "python3", "-c", script, marker], check=True)
+    try:
+        for _ in range(50):
+            if (
+                subprocess.run(
+                    ["podman", "exec", member, "test", "-e", f"/run/{marker}"], check=False
+                ).returncode
+                == 0
+            ):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the IPv6 listener on {member} did not start")
+        yield address
+    finally:
+        subprocess.run(["podman", "exec", member, "pkill", "-f", marker], check=False)
+        subprocess.run(["podman", "exec", member, "rm", "-f", f"/run/{marker}"], check=False)
+
+
+def test_over_ipv6_the_same_sources_get_in_and_no_other(topology: Topology, probe: Probe) -> None:
+    """The table's IPv6 sets, tried with IPv6 packets: the apiserver and the members in where the
+    inventory lets them, the untrusted host nowhere (each drop paired with a closed-port control)."""
+    member, other = topology.members[:2]
+    apiserver, attacker = topology.apiservers[0], topology.untrusted[0]
+    with listening_on_ipv6(topology, member, (CLIENT, PEER, METRICS)) as address:
+        assert_connects(probe, apiserver, address, CLIENT)
+        assert_connects(probe, other, address, CLIENT)
+        assert_connects(probe, other, address, PEER)
+        assert_dropped(probe, apiserver, address, PEER)
+        assert_dropped(probe, other, address, METRICS)  # loopback only
+        for port in (CLIENT, PEER, METRICS):
+            assert_dropped(probe, attacker, address, port)
 
 
 def test_the_hosts_own_firewall_table_is_left_alone(topology: Topology, host_of: HostOf) -> None:
