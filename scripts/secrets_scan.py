@@ -169,9 +169,10 @@ class Resource:
         return names
 
 
-def normal_etcd_prefix(etcd_prefix: str) -> str:
-    """The apiserver joins its --etcd-prefix as a path: "registry" and "/registry/" are "/registry"."""
-    return "/" + etcd_prefix.strip("/")
+def store_root(etcd_prefix: str) -> str:
+    """Every key the apiserver stores starts with this: it joins its --etcd-prefix as a path, so
+    "registry", "/registry" and "/registry/" are all "/registry/" ("/" stays "/")."""
+    return "/" + etcd_prefix.strip("/") + "/" if etcd_prefix.strip("/") else "/"
 
 
 def storage_path(etcd_prefix: str, resource: Resource) -> str:
@@ -180,16 +181,14 @@ def storage_path(etcd_prefix: str, resource: Resource) -> str:
     path = SPECIAL_PATHS.get((group, resource.plural))
     if path is None:
         path = resource.plural if group in BUILT_IN_GROUPS else f"{group}/{resource.plural}"
-    return f"{normal_etcd_prefix(etcd_prefix).rstrip('/')}/{path}/"
+    return f"{store_root(etcd_prefix)}{path}/"
 
 
 def resource_at(etcd_prefix: str, prefix: str) -> Resource | None:
     """The resource whose objects a prefix holds, or None for the apiserver's whole prefix."""
-    root = normal_etcd_prefix(etcd_prefix).rstrip("/") + "/"
+    root = store_root(etcd_prefix)
     if not prefix.startswith(root):
-        raise ScanError(
-            f"{prefix}: not under the apiserver's --etcd-prefix {normal_etcd_prefix(etcd_prefix)}"
-        )
+        raise ScanError(f"{prefix}: not under the apiserver's --etcd-prefix {root}")
     parts = [p for p in prefix[len(root) :].split("/") if p]
     if not parts:
         return None
@@ -545,14 +544,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.decrypt and not args.encryption_config:
         parser.error("--decrypt needs --encryption-config (the keys)")
-    if args.everything and args.encryption_config:
-        parser.error("--everything counts values by key; judging them needs --resource or --prefix")
     return args
 
 
 def prefixes_to_scan(args: argparse.Namespace) -> list[str]:
     if args.everything:
-        return [normal_etcd_prefix(args.etcd_prefix).rstrip("/") + "/"]
+        return [store_root(args.etcd_prefix)]
     if args.prefix:
         return list(args.prefix)
     return [storage_path(args.etcd_prefix, Resource.named(name)) for name in args.resource or ["secrets"]]
