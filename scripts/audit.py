@@ -166,30 +166,19 @@ def tls_verdict(transcript: str) -> tuple[str, str]:
     return FAIL, "no TLS handshake at all (is etcd running?)"
 
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def networks(addresses: Iterable[str]) -> set[Network]:
+def networks(addresses: Iterable[str]) -> set[nft_packet.Network]:
     parsed = [ipaddress.ip_network(address, strict=False) for address in addresses]
     v4 = ipaddress.collapse_addresses(n for n in parsed if isinstance(n, ipaddress.IPv4Network))
     v6 = ipaddress.collapse_addresses(n for n in parsed if isinstance(n, ipaddress.IPv6Network))
     return set(v4) | set(v6)
 
 
-def nft_set_elements(ruleset: dict[str, Any], name: str) -> list[str]:
+def nft_set_elements(table: nft_packet.Table, name: str) -> list[str]:
+    """The set's elements as networks (a range as the networks that make it up)."""
     elements: list[str] = []
-    for entry in ruleset.get("nftables", []):
-        nft_set = entry.get("set")
-        if not nft_set or nft_set.get("name") != name:
-            continue
-        for element in nft_set.get("elem", []):
-            if isinstance(element, dict) and "prefix" in element:
-                elements.append(f"{element['prefix']['addr']}/{element['prefix']['len']}")
-            elif isinstance(element, dict) and "range" in element:
-                low, high = (ipaddress.ip_address(a) for a in element["range"])
-                elements.extend(str(n) for n in ipaddress.summarize_address_range(low, high))
-            else:
-                elements.append(str(element))
+    for element in table.sets.get(name, []):
+        found = nft_packet.element_networks(element)
+        elements += [str(n) for n in found] if found is not None else [str(element)]
     return elements
 
 
@@ -202,7 +191,7 @@ OUTSIDERS = tuple(
 )  # fmt: skip
 
 
-def packets_meet(table: nft_packet.Table, port: int, wanted: set[Network]) -> list[str]:
+def packets_meet(table: nft_packet.Table, port: int, wanted: set[nft_packet.Network]) -> list[str]:
     """What a packet from outside `wanted`, and one from inside each of its networks, meets at port."""
     problems = []
     for version in (4, 6):
@@ -235,12 +224,11 @@ def firewall_verdict(member: Evidence) -> tuple[str, str]:
         return FAIL, f"table inet {expected.get('table', 'etcd_firewall')} is not loaded"
     if not expected:
         return NA, "the inventory does not say who may connect (etcd_firewall_enabled is false)"
-    ruleset = json.loads(member["firewall"])
-    table = nft_packet.Table(ruleset)
+    table = nft_packet.Table(json.loads(member["firewall"]))
     problems = []
     ports = []
     for name, rule in expected.get("rules", {}).items():
-        actual = networks(nft_set_elements(ruleset, f"{name}_v4") + nft_set_elements(ruleset, f"{name}_v6"))
+        actual = networks(nft_set_elements(table, f"{name}_v4") + nft_set_elements(table, f"{name}_v6"))
         want = networks(rule.get("sources", []))
         if actual != want:
             extra = sorted(str(n) for n in actual - want)
@@ -249,7 +237,7 @@ def firewall_verdict(member: Evidence) -> tuple[str, str]:
                 f"port {rule.get('port')} ({name}): extra {extra or '-'}, missing {missing or '-'}"
             )
         ports.append(int(rule["port"]))
-        problems += packets_meet(table, int(rule["port"]), want)
+        problems += packets_meet(table, ports[-1], want)
     if not ports:
         problems.append("the inventory names no port to judge")
     if problems:

@@ -68,20 +68,27 @@ def _field(left: object, packet: Packet) -> Value | object:
     return found
 
 
-def _in_network(element: object, address: Address) -> bool | None:
+def element_networks(element: object) -> list[Network] | None:
+    """An element of an address set (or of a match) as the networks it covers: a prefix, a range, a
+    literal address; None for what is no address (a concatenation, an element with a timeout)."""
     if isinstance(element, dict) and isinstance(element.get("prefix"), dict):
         text = f"{element['prefix'].get('addr')}/{element['prefix'].get('len')}"
     elif isinstance(element, dict) and isinstance(element.get("range"), list):
         low, high = (ipaddress.ip_address(str(a)) for a in element["range"])
-        return low.version == address.version and int(low) <= int(address) <= int(high)
+        return list(ipaddress.summarize_address_range(low, high))
     elif isinstance(element, dict):
-        return None  # concatenations, elements with timeouts: not modelled
+        return None
     else:
         text = str(element)
     try:
-        return address in ipaddress.ip_network(text, strict=False)
+        return [ipaddress.ip_network(text, strict=False)]
     except ValueError:
-        return False
+        return None
+
+
+def _in_network(element: object, address: Address) -> bool | None:
+    found = element_networks(element)
+    return None if found is None else any(address in network for network in found)
 
 
 def _element_holds(element: object, value: Value) -> bool | None:
