@@ -218,6 +218,11 @@ def refused(result: subprocess.CompletedProcess[str], *phrases: str) -> str:
     return text
 
 
+def write_manifest(apiserver: str, text: str) -> None:
+    command = ["podman", "exec", "-i", apiserver, "sh", "-c", f"cat > {MANIFEST}"]
+    subprocess.run(command, input=text, text=True, check=True)
+
+
 @pytest.fixture
 def lab_files_restored(topology: Topology, host_of: HostOf) -> Iterator[dict[str, str]]:
     """What the test may change (manifest, key file), put back afterwards; the checksums before."""
@@ -229,12 +234,7 @@ def lab_files_restored(topology: Topology, host_of: HostOf) -> Iterator[dict[str
     key_file(topology).chmod(0o600)
     for apiserver, text in manifests.items():
         host_of(apiserver).run_expect([0], f"rm -rf {Path(OTHER_CONFIG).parent}")
-        subprocess.run(
-            ["podman", "exec", "-i", apiserver, "sh", "-c", f"cat > {MANIFEST}"],
-            input=text,
-            text=True,
-            check=True,
-        )
+        write_manifest(apiserver, text)
 
 
 def test_a_live_config_at_another_path_with_other_keys_stops_the_run(
@@ -450,7 +450,7 @@ def test_a_key_rotation_goes_through_its_four_phases_and_resumes(
 
     # What that command does: the apiserver writes the Secret again, with the new key.
     put_sealed(topology, probe, etcd_key, new)
-    the_old_key_stays_unless_a_complete_scan_shows_nothing_under_it(topology, probe, old, new)
+    the_old_key_stays_unless_a_complete_scan_shows_nothing_under_it(topology, host_of, probe, old, new)
 
     # Then phase 4.
     result = rotate(topology)
@@ -462,7 +462,7 @@ def test_a_key_rotation_goes_through_its_four_phases_and_resumes(
 
 
 def the_old_key_stays_unless_a_complete_scan_shows_nothing_under_it(
-    topology: Topology, probe: Probe, old: dict[str, str], new: dict[str, str]
+    topology: Topology, host_of: HostOf, probe: Probe, old: dict[str, str], new: dict[str, str]
 ) -> None:
     """Phase 3's gate reads every key under the apiservers' --etcd-prefix: (a) a custom resource
     sealed with the old key (its path holds its group: /registry/<group>/<plural>/), (b) a value under
@@ -476,22 +476,19 @@ def the_old_key_stays_unless_a_complete_scan_shows_nothing_under_it(
 
     custom = f"/custom-{run}"
     apiserver = topology.apiservers[0]
-    manifest = subprocess.run(["podman", "exec", apiserver, "cat", MANIFEST], capture_output=True, text=True,
-                              check=True).stdout  # fmt: skip
+    manifest = host_of(apiserver).file(MANIFEST).content_string
     edited = manifest.replace(
         "    - --etcd-servers=", f"    - --etcd-prefix={custom}/\n    - --etcd-servers=", 1
     )
     assert edited != manifest
     try:
-        subprocess.run(["podman", "exec", "-i", apiserver, "sh", "-c", f"cat > {MANIFEST}"], input=edited,
-                       text=True, check=True)  # fmt: skip
+        write_manifest(apiserver, edited)
         put_sealed(topology, probe, f"{custom}/secrets/rotation/s", old)
         refused(rotate(topology), keeps_the_old_key)
         delete_prefix(topology, probe, f"{custom}/")
         refused(rotate(topology), f"etcd holds no key under {custom}/", "so the old key stays")
     finally:
-        subprocess.run(["podman", "exec", "-i", apiserver, "sh", "-c", f"cat > {MANIFEST}"], input=manifest,
-                       text=True, check=True)  # fmt: skip
+        write_manifest(apiserver, manifest)
         delete_prefix(topology, probe, f"{custom}/")
     assert [k["name"] for k in controller_keys(topology)] == [new["name"], old["name"]]
 

@@ -20,6 +20,7 @@ import shlex
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -33,6 +34,7 @@ from conftest import REPO, Report, Topology, audit, drift, failed, run_site
 pytestmark = [pytest.mark.changes_cluster(order=0), pytest.mark.debian12_only]
 
 HostOf = Callable[[str], Host]
+Probe = Callable[..., dict[str, Any]]
 KEY, CERT = "/etc/etcd/pki/server.key", "/etc/etcd/pki/server.crt"
 UNIT = "/etc/systemd/system/etcd.service"
 DROP_IN = "/etc/systemd/system/etcd.service.d/99-local.conf"
@@ -124,28 +126,20 @@ def read_over_plain_http(topology: Topology, host_of: HostOf) -> int:
     return int(host_of(topology.untrusted[0]).check_output(f"python3 -c {shlex.quote(script)}"))
 
 
-def connects(host_of: HostOf, source: str, address: str, port: int) -> bool:
+def connects(probe: Probe, source: str, address: str, port: int) -> bool:
     """Whether a TCP connection from `source` to address:port is made (a dropped SYN times out)."""
-    script = (
-        "import socket\n"
-        "try:\n"
-        f"    socket.create_connection(('{address}', {port}), timeout=3).close()\n"
-        "    print(1)\n"
-        "except OSError:\n"
-        "    print(0)\n"
-    )
-    return bool(host_of(source).check_output(f"python3 -c {shlex.quote(script)}") == "1")
+    return bool(probe(source, "tcp", address, str(port), "--timeout", "3")["served"])
 
 
 def test_the_drifts_are_real_the_untrusted_host_reads_etcd_over_plain_http(
-    topology: Topology, host_of: HostOf, drifted: tuple[Report, Report]
+    topology: Topology, host_of: HostOf, probe: Probe, drifted: tuple[Report, Report]
 ) -> None:
     assert read_over_plain_http(topology, host_of) == 200
     first, _, third = topology.members[:3]
     untrusted = topology.untrusted[0]
     # The inserted accept opens the first member's client port to it; the third's still refuses it.
-    assert connects(host_of, untrusted, topology.addresses[first], 2379)
-    assert not connects(host_of, untrusted, topology.addresses[third], 2379)
+    assert connects(probe, untrusted, topology.addresses[first], 2379)
+    assert not connects(probe, untrusted, topology.addresses[third], 2379)
 
 
 def test_drift_reports_each_change_and_exits_non_zero(
@@ -190,12 +184,12 @@ def test_the_audit_fails_each_loosened_control_and_exits_non_zero(
 
 
 def test_a_converge_repairs_every_drift_and_both_are_clean_again(
-    topology: Topology, host_of: HostOf, drifted: tuple[Report, Report], tmp_path: Path
+    topology: Topology, host_of: HostOf, probe: Probe, drifted: tuple[Report, Report], tmp_path: Path
 ) -> None:
     result = run_site(topology)
     assert result.returncode == 0, result.stdout[-5000:]
     assert read_over_plain_http(topology, host_of) == 0
-    assert not connects(host_of, topology.untrusted[0], topology.addresses[topology.members[0]], 2379)
+    assert not connects(probe, topology.untrusted[0], topology.addresses[topology.members[0]], 2379)
     checked = drift(topology, tmp_path)
     assert checked.returncode == 0, checked.output
     assert "no drift: a real run would change nothing" in checked.output

@@ -121,13 +121,9 @@ def listening_on_ipv6(topology: Topology, member: str, ports: tuple[int, ...]) -
     )
     subprocess.run(["podman", "exec", "-d", member, "python3", "-c", script, marker], check=True)
     try:
+        started = ["podman", "exec", member, "test", "-e", f"/run/{marker}"]
         for _ in range(50):
-            if (
-                subprocess.run(
-                    ["podman", "exec", member, "test", "-e", f"/run/{marker}"], check=False
-                ).returncode
-                == 0
-            ):
+            if subprocess.run(started, check=False).returncode == 0:
                 break
             time.sleep(0.2)
         else:
