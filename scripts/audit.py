@@ -42,6 +42,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 REPO = Path(__file__).resolve().parent.parent
+# The membership judgement is the filter the site play and its summary use: one home for it.
+sys.path.insert(0, str(REPO / "plugins/filter"))
+from etcd_membership import etcd_membership_problems  # noqa: E402
+
 PASS, FAIL, NA = "pass", "fail", "n/a"
 # systemd-analyze security: 0 is fully sandboxed, 10 is not at all; the toolkit's unit scores
 # about 1 (1.1 in the VM tier). Above this, a sandbox directive was lost.
@@ -450,6 +454,23 @@ def host_verdicts(member: Evidence) -> list[Verdict]:
     return verdicts
 
 
+def membership_verdict(member: Evidence) -> tuple[str, str]:
+    """etcd's live membership (`member list` as this member sees it) against the inventory's members."""
+    if member.get("source") == "kubeadm":
+        return NA, "a static pod: kubeadm manages its membership, not the toolkit"
+    expected: dict[str, str] = (member.get("expected") or {}).get("members") or {}
+    try:
+        listing = json.loads(member.get("membership") or "")
+        problems = etcd_membership_problems(listing, expected)
+    except ValueError as error:
+        return FAIL, f"the membership could not be read from this member ({str(error)[:200] or 'no answer'})"
+    if not expected:
+        return FAIL, "the inventory names no member to compare with"
+    if problems:
+        return FAIL, "; ".join(problems)
+    return PASS, f"{len(expected)} started voting members, as in the inventory: {', '.join(sorted(expected))}"
+
+
 def judge_member(host: str, member: Evidence, now: datetime.datetime) -> list[Check]:
     flags = member_flags(member)
     if member.get("flags_only"):
@@ -471,6 +492,8 @@ def judge_member(host: str, member: Evidence, now: datetime.datetime) -> list[Ch
         ("etcd-firewall", "", "the firewall lets in exactly the inventory's sources",
          firewall_verdict(member)),
         *host_verdicts(member),
+        ("etcd-membership", "", "etcd's live members are exactly the inventory's, each started and voting",
+         membership_verdict(member)),
     ]  # fmt: skip
     return [Check(host, check_id, cis, title, *verdict) for check_id, cis, title, verdict in verdicts]
 

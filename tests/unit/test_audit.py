@@ -485,3 +485,28 @@ def test_no_socket_read_is_not_evidence_of_no_extra_socket() -> None:
     )
     missing = behaviour(OWN_UNIT, "127.0.0.1:2379,127.0.0.1:2381")["etcd-listeners"]
     assert missing == (FAIL, "does not listen on 10.0.0.1:2379, 10.0.0.1:2380")
+
+
+def membership(listing: object, members: dict[str, str], source: str = "systemd") -> tuple[str, str]:
+    member = {"source": source, "membership": json.dumps(listing), "expected": {"members": members}}
+    found = [c for c in judge([{"host": "m1", "member": member}], NOW) if c.id == "etcd-membership"]
+    return found[0].status, found[0].detail
+
+
+def test_the_live_membership_must_be_the_inventorys_started_voting_members() -> None:
+    members = {"m1": "https://10.0.0.1:2380", "m2": "https://10.0.0.2:2380", "m3": "https://10.0.0.3:2380"}
+    live = [{"ID": i, "name": n, "peerURLs": [u]} for i, (n, u) in enumerate(members.items(), 1)]
+    assert membership({"members": live}, members) == (
+        PASS, "3 started voting members, as in the inventory: m1, m2, m3"
+    )  # fmt: skip
+    # The review's case: an entry added with `etcdctl member add` that never started.
+    stale = {"members": [*live, {"ID": 9, "peerURLs": ["https://10.0.0.9:2380"]}]}
+    status, detail = membership(stale, members)
+    assert status == FAIL and "https://10.0.0.9:2380" in detail and "not in the inventory" in detail, detail
+    learner = {"members": [*live[:2], {**live[2], "isLearner": True}]}
+    assert membership(learner, members)[0] == FAIL
+    # Nothing read is not evidence of a good membership.
+    assert membership("", members)[0] == FAIL
+    assert membership(None, members)[0] == FAIL
+    assert membership({"members": live}, {})[0] == FAIL
+    assert membership({"members": live}, members, source="kubeadm")[0] == NA
