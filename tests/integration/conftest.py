@@ -12,10 +12,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -358,6 +360,73 @@ def change_while_writing(topology: Topology, host_of: Callable[[str], Host], *ar
     assert result.returncode == 0, output[-20000:]
     after = {m: member_state(host_of(m)) for m in topology.members}
     return ChangeRun(output=output, before=before, after=after, writes=json.loads(stdout))
+
+
+ADMIN_ETCDCTL = (
+    "etcdctl --cacert=/etc/etcd/pki/ca.crt --cert=/etc/etcd/pki/admin.crt --key=/etc/etcd/pki/admin.key"
+)
+
+
+@dataclass(frozen=True)
+class Membership:
+    """etcd's membership at one moment, as `member list` counts it."""
+
+    voters: int
+    learners: int
+    # Voting members added but never started: they count toward quorum and cannot answer. (A
+    # learner has no name either until it starts, but it does not vote.)
+    unstarted_voters: int
+    names: tuple[str, ...]
+
+
+def membership(via: str) -> Membership:
+    """Ask the member `via` (its own client port) who etcd's members are."""
+    listed = subprocess.run(
+        ["podman", "exec", via, *ADMIN_ETCDCTL.split(), "--endpoints=https://127.0.0.1:2379",
+         "member", "list", "-w", "json"],
+        capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    members = json.loads(listed.stdout)["members"]
+    return Membership(
+        voters=sum(1 for m in members if m.get("name") and not m.get("isLearner")),
+        learners=sum(1 for m in members if m.get("isLearner")),
+        unstarted_voters=sum(1 for m in members if not m.get("name") and not m.get("isLearner")),
+        names=tuple(sorted(m.get("name") or "" for m in members)),
+    )
+
+
+@dataclass
+class MembershipWatch:
+    """Every distinct membership seen while watching, in order, and how many reads failed."""
+
+    seen: list[Membership] = field(default_factory=list)
+    failed_reads: int = 0
+
+
+@contextmanager
+def watching_membership(via: str, interval: float = 0.2) -> Iterator[MembershipWatch]:
+    """Read the membership over and over while the block runs (a change between two reads is missed
+    only if it is undone within `interval` plus one read)."""
+    watch, stop = MembershipWatch(), threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                now = membership(via)
+            except (subprocess.SubprocessError, ValueError, KeyError):
+                watch.failed_reads += 1
+            else:
+                if not watch.seen or watch.seen[-1] != now:
+                    watch.seen.append(now)
+            stop.wait(interval)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        yield watch
+    finally:
+        stop.set()
+        poller.join(timeout=60)
 
 
 def wait_for_boot(host: Host, timeout: float = 120) -> str:

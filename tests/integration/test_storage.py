@@ -22,6 +22,7 @@ from conftest import (
     APISERVER_CREDS,
     REPO,
     ChangeRun,
+    MembershipWatch,
     Rebooted,
     Topology,
     change_while_writing,
@@ -29,6 +30,7 @@ from conftest import (
     run_site,
     storage_mode,
     wait_for_boot,
+    watching_membership,
 )
 
 HostOf = Callable[[str], Host]
@@ -188,23 +190,51 @@ def test_an_emptied_member_refuses_to_start_and_says_why(
 
 
 @pytest.fixture(scope="module")
-def rejoin(topology: Topology, host_of: HostOf, rebooted_member: Rebooted) -> ChangeRun:
-    run = change_while_writing(topology, host_of)
+def rejoin_watched(
+    topology: Topology, host_of: HostOf, rebooted_member: Rebooted
+) -> tuple[ChangeRun, MembershipWatch]:
+    """The rejoining run, under a client's writes and with etcd's membership read throughout."""
+    via = next(m for m in topology.members if m != rebooted_member.member)
+    with watching_membership(via) as watch:
+        run = change_while_writing(topology, host_of)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"rejoin-{topology.inventory.parent.parent.name}.json").write_text(
         json.dumps({"member": rebooted_member.member, "writes": run.writes}, indent=2) + "\n"
     )
-    return run
+    return run, watch
+
+
+@pytest.fixture(scope="module")
+def rejoin(rejoin_watched: tuple[ChangeRun, MembershipWatch]) -> ChangeRun:
+    return rejoin_watched[0]
 
 
 @pytest.mark.changes_cluster(order=2)
 def test_a_rerun_rejoins_the_emptied_member_while_writes_go_on(
     rejoin: ChangeRun, rebooted_member: Rebooted
 ) -> None:
-    assert f"Rejoin | Add the member to the cluster again, {rebooted_member.member}" in rejoin.output
+    assert f"Rejoin | Add the member to the cluster as a learner, {rebooted_member.member}" in rejoin.output
     assert rejoin.writes["attempts"] > 10, rejoin.writes
     # Removing and adding a member that is down changes no quorum: no write may fail at all.
     assert rejoin.writes["failed"] == 0, rejoin.writes
+
+
+@pytest.mark.changes_cluster(order=2)
+def test_the_emptied_member_comes_back_as_a_learner_and_only_then_votes(
+    topology: Topology, rejoin_watched: tuple[ChangeRun, MembershipWatch]
+) -> None:
+    _, watch = rejoin_watched
+    seen = watch.seen
+    assert seen, f"the membership was never read ({watch.failed_reads} failed reads)"
+    everyone = len(topology.members)
+    # Before: the emptied member's stale entry still votes; after: all vote again, nothing pending.
+    assert (seen[0].voters, seen[0].learners) == (everyone, 0), seen
+    assert (seen[-1].voters, seen[-1].learners, seen[-1].unstarted_voters) == (everyone, 0, 0), seen
+    # In between it was a learner (never more than one), while the others went on voting: a
+    # pending member never counted toward quorum.
+    assert any(m.learners == 1 for m in seen), f"no learner was ever seen: {seen}"
+    assert all(m.learners <= 1 and m.unstarted_voters == 0 for m in seen), seen
+    assert all(m.voters >= everyone - 1 for m in seen), seen
 
 
 @pytest.mark.changes_cluster(order=2)
