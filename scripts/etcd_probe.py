@@ -209,6 +209,11 @@ class WriteWatch:
     failed: int = 0
     longest_outage_seconds: float = 0.0
     errors: list[str] | None = None
+    # The slowest single write attempt, served or not: the longest stall a client saw.
+    longest_write_seconds: float = 0.0
+    # With distinct keys: writes etcd acknowledged, and those of them not found when read back.
+    acknowledged: int | None = None
+    lost: int | None = None
 
 
 def watch_writes(
@@ -220,8 +225,13 @@ def watch_writes(
     interval: float = 0.2,
     timeout: float = 2.0,
     one_connection: bool = False,
+    distinct_keys: bool = False,
 ) -> WriteWatch:
     """Write a key every `interval` until `stop_file` exists, as an apiserver would.
+
+    With `distinct_keys`, each attempt writes a key of its own under one prefix, and at the end
+    every key etcd acknowledged is looked for (one linearizable read of the prefix): an
+    acknowledged write that is not there was lost. The keys are deleted afterwards.
 
     Each attempt tries the endpoints in turn (like an etcd client with several endpoints) and
     fails only when none accepts the write. With `one_connection`, every write goes over one TLS
@@ -229,19 +239,25 @@ def watch_writes(
     fails. The longest outage is the time from the first failed attempt to the next success.
     """
     watch = WriteWatch(errors=[])
+    prefix = f"/probe/watch-writes/{time.time_ns()}/"
+    acknowledged: list[str] = []
     held = _HeldConnection(endpoints[0], ctx, timeout) if one_connection else None
     deadline = time.monotonic() + max_seconds
     outage_started: float | None = None
     try:
         while time.monotonic() < deadline and not Path(stop_file).exists():
             watch.attempts += 1
-            path, body = kv_request("put", "/probe/watch-writes", str(watch.attempts))
+            key = f"{prefix}{watch.attempts:08d}" if distinct_keys else "/probe/watch-writes"
+            path, body = kv_request("put", key, str(watch.attempts))
+            began = time.monotonic()
             if held is not None:
                 outcomes = [held.post(path, body)]
             else:
                 outcomes = [request(e.rstrip("/") + path, ctx, "POST", body, timeout) for e in endpoints]
             now = time.monotonic()
+            watch.longest_write_seconds = max(watch.longest_write_seconds, round(now - began, 3))
             if any(o.served for o in outcomes):
+                acknowledged.append(key)
                 if outage_started is not None:
                     watch.longest_outage_seconds = max(
                         watch.longest_outage_seconds, round(now - outage_started, 2)
@@ -260,7 +276,43 @@ def watch_writes(
         watch.longest_outage_seconds = max(
             watch.longest_outage_seconds, round(time.monotonic() - outage_started, 2)
         )
+    if distinct_keys:
+        tally_lost(watch, acknowledged, endpoints, ctx=ctx, prefix=prefix, timeout=timeout)
     return watch
+
+
+def tally_lost(
+    watch: WriteWatch,
+    acknowledged: list[str],
+    endpoints: list[str],
+    *,
+    ctx: ssl.SSLContext,
+    prefix: str,
+    timeout: float,
+) -> None:
+    """Count the acknowledged writes not found under `prefix`, then delete the prefix."""
+    watch.acknowledged = len(acknowledged)
+    found = read_keys_under(endpoints, ctx, prefix, timeout)
+    # Nothing read back is not "nothing lost": the count stays unknown (None) and the run fails.
+    watch.lost = None if found is None else len(set(acknowledged) - found)
+    path, body = kv_request("delete-prefix", prefix, None)
+    for endpoint in endpoints:
+        if request(endpoint.rstrip("/") + path, ctx, "POST", body, timeout).served:
+            break
+
+
+def read_keys_under(
+    endpoints: list[str], ctx: ssl.SSLContext, prefix: str, timeout: float
+) -> set[str] | None:
+    """Every key under `prefix` (one linearizable read, from the first endpoint that answers)."""
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    body = json.dumps({"key": b64(prefix), "range_end": b64(end), "keys_only": True}).encode()
+    for endpoint in endpoints:
+        answer = request(endpoint.rstrip("/") + "/v3/kv/range", ctx, "POST", body, timeout)
+        if answer.served and answer.status == 200:
+            kvs = json.loads(answer.body).get("kvs", [])
+            return {base64.b64decode(kv["key"]).decode() for kv in kvs}
+    return None
 
 
 @dataclass
@@ -385,6 +437,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     watch.add_argument(
         "--one-connection", action="store_true", help="all writes over one connection, never re-opened"
     )
+    watch.add_argument(
+        "--distinct-keys",
+        action="store_true",
+        help="a key per write, each acknowledged one read back at the end",
+    )
     latency = sub.add_parser("latency", parents=[tls], help="p50/p99 of puts and reads, one at a time")
     latency.add_argument("--endpoint", required=True, help="e.g. https://10.0.0.1:2379")
     latency.add_argument("--count", type=int, default=1000, help="requests of each kind")
@@ -421,9 +478,11 @@ def main(argv: list[str] | None = None) -> int:
                 max_seconds=args.max_seconds,
                 interval=args.interval,
                 one_connection=args.one_connection,
+                distinct_keys=args.distinct_keys,
             )
             print(json.dumps(asdict(watch), sort_keys=True))
-            return 0 if watch.failed == 0 else 1
+            lost_or_unknown = args.distinct_keys and watch.lost != 0
+            return 0 if watch.failed == 0 and not lost_or_unknown else 1
         if args.command == "latency":
             try:
                 runs = measure_latency(

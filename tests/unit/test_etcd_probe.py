@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from cryptography import x509
@@ -268,6 +269,7 @@ def test_watch_writes_counts_no_failure_while_the_server_serves(
         [server], ctx, stop_file=str(tmp_path / "stop"), max_seconds=1.0, interval=0.05
     )
     assert watch.attempts >= 2 and watch.failed == 0 and watch.longest_outage_seconds == 0
+    assert 0 < watch.longest_write_seconds < 1.0, watch
 
 
 def test_watch_writes_measures_an_outage_when_no_endpoint_accepts(
@@ -348,3 +350,55 @@ def test_latency_without_a_client_certificate_stops_at_the_handshake(pki: Pki) -
     ctx = etcd_probe.build_context(str(pki.ca))
     with _serve(pki, _KeepAliveHandler) as url, pytest.raises((ssl.SSLError, OSError)):
         etcd_probe.measure_latency(url, ctx, count=3, value_size=8)
+
+
+class _StoreHandler(_Handler):
+    """A tiny KV store: puts kept (all but every `forget_every`-th), prefix ranges and deletes served."""
+
+    store: ClassVar[dict[str, str]] = {}
+    puts = 0
+    forget_every: int | None = None
+    ranges_fail = False
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        key = base64.b64decode(body["key"]).decode()
+        end = base64.b64decode(body.get("range_end", "")).decode()
+        cls = type(self)
+        if self.path == "/v3/kv/put":
+            cls.puts += 1
+            if cls.forget_every is None or cls.puts % cls.forget_every:
+                cls.store[key] = body["value"]
+            self._answer(b"{}")
+        elif self.path == "/v3/kv/range" and cls.ranges_fail:
+            self.send_error(503)
+        elif self.path == "/v3/kv/range":
+            kvs = [{"key": base64.b64encode(k.encode()).decode()} for k in cls.store if key <= k < end]
+            self._answer(json.dumps({"kvs": kvs}).encode())
+        else:
+            for k in [k for k in cls.store if key <= k < end]:
+                del cls.store[k]
+            self._answer(b"{}")
+
+
+@pytest.mark.parametrize(("forget_every", "ranges_fail"), [(None, False), (2, False), (None, True)])
+def test_distinct_key_writes_are_read_back_and_a_lost_one_is_counted(
+    pki: Pki, tmp_path: Path, forget_every: int | None, ranges_fail: bool
+) -> None:
+    class Handler(_StoreHandler):
+        store: ClassVar[dict[str, str]] = {}  # one store per test
+
+    Handler.forget_every, Handler.ranges_fail = forget_every, ranges_fail
+    ctx = etcd_probe.build_context(str(pki.ca), cert=str(pki.client_cert), key=str(pki.client_key))
+    with _serve(pki, Handler) as url:
+        watch = etcd_probe.watch_writes(
+            [url], ctx, stop_file=str(tmp_path / "stop"), max_seconds=1.5, interval=0.05, distinct_keys=True
+        )
+    assert watch.attempts >= 2 and watch.failed == 0 and watch.acknowledged == watch.attempts
+    if ranges_fail:
+        # Nothing read back is not "nothing lost".
+        assert watch.lost is None, watch
+    elif forget_every is None:
+        assert watch.lost == 0 and Handler.store == {}, watch  # read back, then deleted
+    else:
+        assert watch.lost == watch.attempts // forget_every, watch
