@@ -328,38 +328,39 @@ def member_state(host: Host) -> MemberState:
     return MemberState(serial=serial, pid=pid, started_us=int(started))
 
 
-def change_while_writing(topology: Topology, host_of: Callable[[str], Host], *args: str) -> ChangeRun:
-    """Run site.yml with `args` while the apiserver writes through every member."""
+@contextmanager
+def client_writes(topology: Topology, *, distinct_keys: bool = False) -> Iterator[dict[str, Any]]:
+    """The apiserver writes through every member while the block runs; the dict it yields is
+    filled at the end with watch-writes' report (with distinct keys: acknowledged and lost too)."""
     apiserver = topology.apiservers[0]
     stop_file = f"/tmp/stop-writes-{uuid.uuid4()}"
     endpoints = ",".join(f"https://{topology.addresses[m]}:2379" for m in topology.members)
-    before = {m: member_state(host_of(m)) for m in topology.members}
     writer = subprocess.Popen(
         [
-            "podman",
-            "exec",
-            apiserver,
-            "python3",
-            PROBE_PATH,
-            "watch-writes",
-            "--endpoints",
-            endpoints,
-            "--stop-file",
-            stop_file,
-            *APISERVER_CREDS,
+            "podman", "exec", apiserver, "python3", PROBE_PATH, "watch-writes", "--endpoints", endpoints,
+            "--stop-file", stop_file, *(["--distinct-keys"] if distinct_keys else []), *APISERVER_CREDS,
         ],
         stdout=subprocess.PIPE,
         text=True,
-    )
+    )  # fmt: skip
+    report: dict[str, Any] = {}
     try:
-        result = run_site(topology, *args)
+        yield report
     finally:
         subprocess.run(["podman", "exec", apiserver, "touch", stop_file], check=True)
         stdout, _ = writer.communicate(timeout=120)
+        report.update(json.loads(stdout))
+
+
+def change_while_writing(topology: Topology, host_of: Callable[[str], Host], *args: str) -> ChangeRun:
+    """Run site.yml with `args` while the apiserver writes through every member."""
+    before = {m: member_state(host_of(m)) for m in topology.members}
+    with client_writes(topology) as writes:
+        result = run_site(topology, *args)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-20000:]
     after = {m: member_state(host_of(m)) for m in topology.members}
-    return ChangeRun(output=output, before=before, after=after, writes=json.loads(stdout))
+    return ChangeRun(output=output, before=before, after=after, writes=writes)
 
 
 ADMIN_ETCDCTL = (
