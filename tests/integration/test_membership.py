@@ -32,6 +32,7 @@ from conftest import (
     client_writes,
     failed,
     membership,
+    podman,
     run_playbook,
     run_site,
     watching_membership,
@@ -64,11 +65,18 @@ def changed_per_host(output: str) -> dict[str, int]:
 def squatting(member: str, address: str, port: int) -> Iterator[None]:
     """A listener of the test's own on the member's peer address and port: etcd cannot bind it."""
     marker = f"etcd-test-squatter-{uuid.uuid4().hex[:8]}"
+    # SO_REUSEADDR: etcd's own peer connections, just closed, leave the port in TIME_WAIT (seen on
+    # bookworm). It does not let a second socket listen there: etcd's bind still fails.
     script = (
-        "import socket, sys, threading\n"
-        "s = socket.socket()\n"
-        f"s.bind(('{address}', {port}))\n"
-        "s.listen(1)\n"
+        "import socket, sys, threading, traceback\n"
+        "try:\n"
+        "    s = socket.socket()\n"
+        "    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        f"    s.bind(('{address}', {port}))\n"
+        "    s.listen(1)\n"
+        "except OSError:\n"
+        f"    open('/run/{marker}.error', 'w').write(traceback.format_exc())\n"
+        "    raise\n"
         f"open('/run/{marker}', 'w').close()\n"
         "threading.Event().wait()\n"
     )
@@ -80,11 +88,15 @@ def squatting(member: str, address: str, port: int) -> Iterator[None]:
                 break
             time.sleep(0.2)
         else:
-            pytest.fail(f"the squatter on {member} did not start")
+            error = ["podman", "exec", member, "cat", f"/run/{marker}.error"]
+            why = subprocess.run(error, check=False, capture_output=True, text=True).stdout
+            pytest.fail(f"the squatter on {member} did not start: {why or 'no error written'}")
         yield
     finally:
         subprocess.run(["podman", "exec", member, "pkill", "-f", marker], check=False)
-        subprocess.run(["podman", "exec", member, "rm", "-f", f"/run/{marker}"], check=False)
+        subprocess.run(
+            ["podman", "exec", member, "rm", "-f", f"/run/{marker}", f"/run/{marker}.error"], check=False
+        )
 
 
 @pytest.mark.debian12_only
@@ -96,12 +108,16 @@ def test_a_member_that_cannot_start_is_taken_out_again_and_a_rerun_adds_it(
     host = host_of(member)
     # The member loses its data (a rebuilt host), and something else holds its peer port.
     host.check_output(f"systemctl stop etcd.service && rm -rf {data}/member")
-    with squatting(member, topology.addresses[member], PEER):
-        refused = run_site(topology, "-e", "etcd_health_timeout=20")
-        after_failure = membership(via)
-        state = host.run("systemctl is-active etcd.service").stdout.strip()
-        half_member = host.run(f"test -e {data}/member").rc == 0
-    healed = run_site(topology)
+    try:
+        with squatting(member, topology.addresses[member], PEER):
+            refused = run_site(topology, "-e", "etcd_health_timeout=20")
+            after_failure = membership(via)
+            state = host.run("systemctl is-active etcd.service").stdout.strip()
+            half_member = host.run(f"test -e {data}/member").rc == 0
+    finally:
+        # Once the port is free, the next run adds it back (and leaves the cluster whole for the
+        # tests after this one, whatever happened above).
+        healed = run_site(topology)
 
     assert refused.returncode != 0, refused.stdout[-5000:]
     assert f"{member} did not join etcd cluster" in refused.stdout, refused.stdout[-5000:]
@@ -109,7 +125,6 @@ def test_a_member_that_cannot_start_is_taken_out_again_and_a_rerun_adds_it(
     # The others vote on, nobody is pending, and the member is stopped with nothing half-fetched.
     assert after_failure == everyone(topology, but=member), after_failure
     assert state != "active" and not half_member, (state, half_member)
-    # Once the port is free, the next run adds it (as a learner, then promoted).
     assert healed.returncode == 0, healed.stdout[-5000:]
     assert f"Rejoin | Promote the learner to a voting member once it has caught up, {member}" in healed.stdout
     assert membership(via) == everyone(topology)
@@ -118,7 +133,7 @@ def test_a_member_that_cannot_start_is_taken_out_again_and_a_rerun_adds_it(
 
 @pytest.mark.debian12_only
 def test_a_member_added_by_hand_stops_the_play_and_fails_the_summary_and_the_audit(
-    topology: Topology, tmp_path: Path
+    topology: Topology, host_of: HostOf, tmp_path: Path
 ) -> None:
     via = topology.members[0]
     # An address in the members' network that no host has.
@@ -134,7 +149,15 @@ def test_a_member_added_by_hand_stops_the_play_and_fails_the_summary_and_the_aud
         refused = run_site(topology)
         summary = run_site(topology, "--check", "--tags", "summary")
         audited = audit(topology, tmp_path)
-        # The command the play printed, for a member whose host is gone (it never existed here).
+        # The command the play printed, refused while one of the members it keeps is down...
+        down = topology.members[-1]
+        host_of(down).check_output("systemctl stop etcd.service")
+        try:
+            refused_removal = run_playbook(topology, REMOVE_MEMBER, "-e", f"etcd_remove_member={ghost_id}")
+            still_there = membership(via)
+        finally:
+            host_of(down).check_output("systemctl start etcd.service")
+        # ... and carried out once all are healthy, for a member whose host is gone (it never existed).
         removed = run_playbook(topology, REMOVE_MEMBER, "-e", f"etcd_remove_member={ghost_id}")
     finally:
         subprocess.run(
@@ -154,9 +177,37 @@ def test_a_member_added_by_hand_stops_the_play_and_fails_the_summary_and_the_aud
     assert not re.search(r'"\S+: healthy;', summary.stdout), "a member is still called healthy"
     assert audited.returncode == 1, audited.output
     assert {(m, "etcd-membership") for m in topology.members} <= failed(audited), audited.output
+    assert refused_removal.returncode != 0, refused_removal.stdout[-5000:]
+    unhealthy = f"{down} did not answer /health as healthy"
+    assert unhealthy in refused_removal.stdout, refused_removal.stdout[-5000:]
+    assert "Nothing was changed" in refused_removal.stdout
+    assert still_there.unstarted_voters == 1, still_there
     assert removed.returncode == 0, removed.stdout[-8000:]
     assert "membership: matches the inventory" in removed.stdout
     assert membership(via) == everyone(topology)
+
+
+@pytest.mark.debian12_only
+def test_a_rebuilt_member_host_rejoins_as_a_learner_with_keys_of_its_own(
+    topology: Topology, host_of: HostOf
+) -> None:
+    member, via = topology.members[-1], topology.members[0]
+    old_key = host_of(member).check_output("sha256sum /etc/etcd/pki/peer.key").split()[0]
+    # The host is rebuilt: same name and address, nothing of the old one left.
+    podman("rm", "--force", "--time", "5", member)
+    with watching_membership(via) as watch:
+        made = run_playbook(topology, REPO / "playbooks/lab_up.yml")
+        rejoined = run_site(topology)
+
+    assert made.returncode == 0, made.stdout[-5000:]
+    assert rejoined.returncode == 0, rejoined.stdout[-8000:]
+    promoted = "Rejoin | Promote the learner to a voting member once it has caught up"
+    assert f"{promoted}, {member}" in rejoined.stdout
+    assert any(m.learners == 1 for m in watch.seen), watch.seen
+    assert all(m.learners <= 1 and m.unstarted_voters == 0 for m in watch.seen), watch.seen
+    assert membership(via) == everyone(topology)
+    # Its key was made on the new host: no key travelled from anywhere.
+    assert host_of(member).check_output("sha256sum /etc/etcd/pki/peer.key").split()[0] != old_key
 
 
 # --- growing to five members and back ---------------------------------------------------------
