@@ -28,7 +28,7 @@ export PY_COLORS := 0
 endif
 
 # The scenarios `make molecule` runs side by side. They compete for CPU (each container task costs
-# a podman exec and a Python start), so side by side saves only the waits; see README, Tests.
+# a podman exec and a Python start), so side by side saves only the waits; see docs/tests.md.
 MOLECULE_SCENARIOS := default debian12 vm
 
 .PHONY: help deps venv images checks lab lab-down lab-verify lint unit molecule test test-vm bench drift audit scan clean
