@@ -136,8 +136,9 @@ audit: venv
 scan: venv
 	ansible-playbook -i inventory/lab playbooks/secrets_scan.yml
 
-# Both benchmark parts (scripts/bench.py): about 45 minutes, on a machine to itself (its own
-# containers, named bench-*, beside the lab's; not beside `make test`). Tables in results/.
+# The three benchmark parts (scripts/bench.py: hardening, scale, membership): about an hour, on a
+# machine to itself (its own containers, named bench-*, beside the lab's; not beside `make test`).
+# One part alone: python scripts/bench.py --part membership. Tables in results/.
 bench: deps venv
 	python scripts/bench.py
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measure what hardening costs etcd, and what the toolkit costs an operator as clusters grow.
 
-    bench.py [--part hardening|scale|all] [--rounds 3] [--perf-load l] [--sizes 3,5,7]
+    bench.py [--part hardening|scale|membership|all] [--rounds 3] [--perf-load l] [--sizes 3,5,7]
 
 Part "hardening": three 3-member clusters run side by side on this machine: a plain etcd (Debian's
 package, no TLS, data on the container's disk; playbooks/bench_plain_etcd.yml) and the toolkit's
@@ -14,6 +14,12 @@ in a rotating order, so a noisy minute on a shared machine does not fall on one 
 Part "scale": for each size, a fresh lab with that many members: a fresh converge (new CA, new
 containers), a no-op re-run and a check-mode run of playbooks/site.yml, then the firewall role
 alone (`--tags firewall`) before and after adding 50 client addresses it must allow.
+
+Part "membership": a fresh 3-member cluster grows to five (playbooks/site.yml with two more members
+in group etcd: each added as a learner, promoted, then the next) and shrinks back to three
+(playbooks/remove_member.yml), while its control-plane host writes distinct keys through the three
+members that stay (etcd-probe watch-writes). Each change's run time, the writes, how many failed or
+were lost (acknowledged but not read back) and the longest single write: the stall a client saw.
 
 Each part prints a Markdown table and writes its figures as JSON under --results. Ansible's
 outcome is read from its JSON callback, never from coloured text.
@@ -33,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -486,6 +493,119 @@ def scale_part(args: argparse.Namespace) -> dict[str, object]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Part "membership": add two members to a three-member cluster and remove them again, while the
+# control-plane host writes through the three that stay (issue 18's add and remove, timed).
+
+MEMBERSHIP_VOTERS = 3
+MEMBERSHIP_ADDED = 2
+# Out of group etcd but still in the inventory, as the README's removal asks (so a removal can wipe them).
+RETIRED_GROUP = "etcd_retired"
+
+
+def membership_inventory(cluster: Cluster, directory: Path, voters: int, aside: str) -> Path:
+    """The cluster's inventory with only its first `voters` members in group etcd, the rest in `aside`."""
+    document = cluster.inventory()
+    children = document["all"]["children"]  # type: ignore[index]
+    hosts = children["etcd"]["hosts"]
+    names = list(hosts)
+    children["etcd"]["hosts"] = {name: hosts[name] for name in names[:voters]}
+    children[aside] = {"hosts": {name: hosts[name] for name in names[voters:]}}
+    (directory / "hosts.yml").write_text(json.dumps(document, indent=2) + "\n")
+    return directory
+
+
+@contextmanager
+def writes_through(cluster: Cluster, members: list[str]) -> Iterator[dict[str, object]]:
+    """The control-plane host writes distinct keys through `members` while the block runs; the dict
+    is filled at the end with etcd-probe watch-writes' report (attempts, failed, acknowledged, lost)."""
+    stop_file = f"/tmp/bench-stop-writes-{uuid.uuid4()}"  # one per change: a used one stops the next writer
+    addresses = cluster.member_addresses()
+    endpoints = ",".join(f"https://{addresses[m]}:2379" for m in members)
+    writer = subprocess.Popen(
+        ["podman", "exec", cluster.client, "etcd-probe", "watch-writes", "--endpoints", endpoints,
+         "--stop-file", stop_file, "--distinct-keys", *CLIENT_TLS],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    report: dict[str, object] = {}
+    try:
+        yield report
+    finally:
+        run(["podman", "exec", cluster.client, "touch", stop_file])
+        stdout, _ = writer.communicate(timeout=120)
+        report.update(json.loads(stdout))
+
+
+@dataclass(frozen=True)
+class MembershipChange:
+    name: str
+    seconds: float
+    attempts: int
+    failed: int
+    lost: int
+    longest_write_seconds: float
+
+
+def membership_change(name: str, seconds: float, writes: dict[str, object]) -> MembershipChange:
+    """One timed change and what the writing client saw; a write that failed or was lost stops the bench."""
+    lost = writes.get("lost")
+    # No write at all is no evidence that writes went through: the client did not run.
+    if not writes.get("attempts") or writes.get("failed") or lost is None or lost:
+        raise SystemExit(f"{name}: the client's writes were not all kept: {writes}")
+    return MembershipChange(
+        name,
+        round(seconds, 1),
+        int(str(writes["attempts"])),
+        int(str(writes["failed"])),
+        int(str(lost)),
+        float(str(writes["longest_write_seconds"])),
+    )
+
+
+def membership_table(changes: list[MembershipChange]) -> str:
+    rows = [
+        "| change | run, s | client writes | failed | lost | longest write, s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    rows += [
+        "| "
+        + " | ".join([c.name, f"{c.seconds:.0f}", str(c.attempts), str(c.failed), str(c.lost)])
+        + f" | {c.longest_write_seconds:.3f} |"
+        for c in changes
+    ]
+    return "\n".join(rows)
+
+
+def membership_part(args: argparse.Namespace) -> dict[str, object]:
+    cluster = Cluster("bench-members", MEMBERSHIP_VOTERS + MEMBERSHIP_ADDED, "tmpfs", "10.90.60.0/24")
+    names = list(cluster.member_addresses())
+    kept, added = names[:MEMBERSHIP_VOTERS], names[MEMBERSHIP_VOTERS:]
+    changes: list[MembershipChange] = []
+    with running(cluster, keep=args.keep) as inventory:
+        # Every container runs (lab_up saw all five in group etcd); the cluster starts with three.
+        membership_inventory(cluster, inventory, MEMBERSHIP_VOTERS, "etcd_spare")
+        ansible_playbook(inventory, "playbooks/site.yml")
+        ansible_playbook(inventory, "playbooks/bench_client.yml")
+        membership_inventory(cluster, inventory, len(names), "etcd_spare")
+        with writes_through(cluster, kept) as writes:
+            seconds, _ = ansible_playbook(inventory, "playbooks/site.yml")
+        changes.append(membership_change(f"add {', '.join(added)} (site.yml)", seconds, writes))
+        membership_inventory(cluster, inventory, MEMBERSHIP_VOTERS, RETIRED_GROUP)
+        with writes_through(cluster, kept) as writes:
+            seconds, _ = ansible_playbook(
+                inventory,
+                "playbooks/remove_member.yml",
+                "-e",
+                f"etcd_remove_member={','.join(reversed(added))}",
+            )
+        changes.append(
+            membership_change(f"remove {', '.join(reversed(added))} (remove_member.yml)", seconds, writes)
+        )
+        for change in changes:
+            print(f"{cluster.name}: {change}", flush=True)
+    return {"changes": [asdict(c) for c in changes], "table": membership_table(changes)}
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def machine() -> dict[str, object]:
@@ -504,7 +624,7 @@ def machine() -> dict[str, object]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("hardening", "scale", "all"), default="all")
+    parser.add_argument("--part", choices=("hardening", "scale", "membership", "all"), default="all")
     parser.add_argument("--rounds", type=int, default=3, help="load rounds per cluster (part hardening)")
     parser.add_argument(
         "--perf-load", choices=("s", "m", "l", "xl"), default="l", help="etcdctl check perf --load"
@@ -534,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
         reports.append(("hardening", hardening_part(args)))
     if args.part in ("scale", "all"):
         reports.append(("scale", scale_part(args)))
+    if args.part in ("membership", "all"):
+        reports.append(("membership", membership_part(args)))
     for part, report in reports:
         out = args.results / f"bench-{part}.json"
         out.write_text(json.dumps({**about, **report}, indent=2) + "\n")

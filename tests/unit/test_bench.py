@@ -176,3 +176,26 @@ def test_roles_table_puts_the_roles_that_cost_most_at_the_largest_size_first() -
     table = bench.roles_table(runs, 1).splitlines()
     assert table[0] == "| no-op re-run: role | 3 members, s | 5 members, s |"
     assert table[2:] == ["| etcd_pki | 10.0 | 40.0 |", "| etcd | 20.0 | 25.0 |"]
+
+
+def test_the_membership_inventory_keeps_the_first_members_in_group_etcd(tmp_path: Path) -> None:
+    cluster = bench.Cluster("bench-members", 5, "tmpfs", "10.90.60.0/24")
+    bench.membership_inventory(cluster, tmp_path, 3, "etcd_retired")
+    children = json.loads((tmp_path / "hosts.yml").read_text())["all"]["children"]
+    assert list(children["etcd"]["hosts"]) == ["bench-members-1", "bench-members-2", "bench-members-3"]
+    assert children["etcd_retired"]["hosts"] == {
+        "bench-members-4": {"lab_podman_ipv4": "10.90.60.14"},
+        "bench-members-5": {"lab_podman_ipv4": "10.90.60.15"},
+    }
+    assert list(children["kube_control_plane"]["hosts"]) == ["bench-members-api"]
+
+
+def test_a_membership_change_is_reported_only_when_every_write_was_kept() -> None:
+    kept = {"attempts": 812, "failed": 0, "acknowledged": 812, "lost": 0, "longest_write_seconds": 1.708}
+    change = bench.membership_change("remove", 213.4, kept)
+    assert change == bench.MembershipChange("remove", 213.4, 812, 0, 0, 1.708)
+    assert bench.membership_table([change]).splitlines()[2] == "| remove | 213 | 812 | 0 | 0 | 1.708 |"
+    # A failed write, a lost one, writes that could not be read back, or none at all stop the benchmark.
+    for bad in ({"failed": 1}, {"lost": 2}, {"lost": None}, {"attempts": 0, "acknowledged": 0}):
+        with pytest.raises(SystemExit, match="not all kept"):
+            bench.membership_change("add", 300.0, {**kept, **bad})
