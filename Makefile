@@ -107,10 +107,13 @@ molecule-%: images
 # because the tier mostly waits on its controller-side work and its containers, which compete with
 # the scenarios' containers in podman's cgroup); alone it takes about 14 min. Both container
 # scenarios run even when the VM tier failed, so one CI run reports every tier.
+# A line of load average every minute, so CI's log shows whether the machine was saturated.
 test: images
 	@status=0; \
+	(while sleep 60; do echo "[load] $$(date +%T) $$(cut -d' ' -f1-3 /proc/loadavg)"; done) & sampler=$$!; \
 	$(MAKE) --no-print-directory -j2 molecule-vm checks || status=1; \
 	$(MAKE) --no-print-directory -j2 molecule-default molecule-debian12 || status=1; \
+	kill $$sampler; \
 	exit $$status
 
 checks: lint unit

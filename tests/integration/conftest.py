@@ -182,22 +182,50 @@ def ansible_env() -> dict[str, str]:
     )
 
 
+@dataclass(frozen=True)
+class TimedRun:
+    test: str
+    what: str
+    seconds: float
+
+
+# Every playbook and script run of the session, for the summary at its end: nearly all of the
+# suite's time is spent in them, and CI's log is where `make test`'s time is kept in check.
+TIMED_RUNS: list[TimedRun] = []
+
+
+def timed_run(what: str, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    started = time.monotonic()
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=False, env=ansible_env(), cwd=cwd)
+    finally:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").split("::", 1)[-1]
+        TIMED_RUNS.append(TimedRun(test, what, time.monotonic() - started))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not TIMED_RUNS:
+        return
+    total = sum(run.seconds for run in TIMED_RUNS)
+    terminalreporter.write_sep("=", f"{len(TIMED_RUNS)} playbook and script runs took {total:.0f} s")
+    per_test: dict[str, list[TimedRun]] = {}
+    for run in TIMED_RUNS:
+        per_test.setdefault(run.test, []).append(run)
+    ranked = sorted(per_test.items(), key=lambda item: -sum(r.seconds for r in item[1]))
+    for test, runs in ranked[:15]:
+        each = ", ".join(f"{r.what} {r.seconds:.0f}" for r in runs)
+        terminalreporter.write_line(f"{sum(r.seconds for r in runs):6.0f} s  {test}: {each}")
+
+
 def run_playbook(topology: Topology, playbook: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run a playbook against the topology's inventory with the project's configuration."""
-    return subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            str(topology.inventory),
-            str(playbook),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        env=ansible_env(),
+    what = " ".join([playbook.name, *(Path(a).name if "/" in a else a for a in args)])
+    return timed_run(
+        what,
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(topology.inventory),
+         str(playbook), *args],
         cwd=REPO,
-        check=False,
-    )
+    )  # fmt: skip
 
 
 def unvault(path: Path) -> bytes:
@@ -511,10 +539,8 @@ class Report:
 
 def run_script(topology: Topology, script: str, report: Path, *args: str) -> Report:
     """Run one of scripts/ against the topology's inventory; read the JSON report it wrote."""
-    done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / script), "-i", str(topology.inventory), *args],
-        capture_output=True, text=True, check=False, env=ansible_env(),
-    )  # fmt: skip
+    argv = [sys.executable, str(REPO / "scripts" / script), "-i", str(topology.inventory), *args]
+    done = timed_run(script, argv)
     data = json.loads(report.read_text()) if report.exists() else {}
     return Report(done.returncode, done.stdout + done.stderr[-3000:], data)
 
