@@ -193,6 +193,7 @@ def held_writes(topology: Topology) -> Iterator[Callable[[], dict[str, Any]]]:
 
 
 @pytest.mark.changes_cluster
+@pytest.mark.platform_independent
 def test_a_new_apiserver_is_let_in_and_out_without_cutting_connections(
     topology: Topology, probe: Probe, held_writes: Callable[[], dict[str, Any]], tmp_path: Path
 ) -> None:
@@ -311,6 +312,7 @@ def test_restarting_reloading_stopping_or_starting_nftables_keeps_etcds_table(
 
 
 @pytest.mark.changes_cluster
+@pytest.mark.platform_independent
 def test_the_summary_names_a_member_whose_table_is_gone(
     topology: Topology, host_tables_restored: Host
 ) -> None:
