@@ -355,3 +355,26 @@ def test_a_drifted_file_is_repaired_by_the_next_run(pki_run: Callable[..., tuple
     assert key.stat().st_mode & 0o777 == 0o600
     assert ca.read_text().endswith("-----END CERTIFICATE-----\n")
     assert changed_count(output) == 2, output
+
+
+def test_each_run_checks_the_settings_and_the_cas_once_unless_a_play_changes_them(
+    tmp_path: Path, pki_run: Callable[..., tuple[str, Path]]
+) -> None:
+    pki_run()  # the CAs exist, as on every run after the first
+    inventory = next(tmp_path.rglob("hosts.yml"))
+    result = run_playbook(REPO / "tests/unit/playbooks/pki_three_plays.yml", inventory)
+    output = result.stdout + result.stderr
+    per_play = output.split("PLAY [")[1:]
+    assert len(per_play) == 3, output
+
+    def ran(play: str, task: str) -> bool:
+        return f"TASK [etcd_pki : {task}]" in play
+
+    once = ("Preflight | Look at the existing CAs on the controller", "CA | Self-sign the CA certificates")
+    for task in once:
+        assert ran(per_play[0], task) and not ran(per_play[1], task), (task, output)
+    # The third play's own key size is checked, and refused, before anything is written.
+    assert result.returncode != 0, output
+    assert ran(per_play[2], "Preflight | Check the PKI settings"), output
+    assert "etcd_pki_rsa_key_size 2048 is too small" in " ".join(output.split()), output
+    assert not ran(per_play[2], "CA | Create CA private keys on the controller"), output
