@@ -143,7 +143,7 @@ def membership_once_answered(via: str, seconds: int = 60) -> Membership:
             time.sleep(1)
 
 
-@pytest.mark.debian12_only
+@pytest.mark.platform_independent
 def test_a_member_added_by_hand_stops_the_play_and_fails_the_summary_and_the_audit(
     topology: Topology, host_of: HostOf, tmp_path: Path
 ) -> None:
