@@ -74,6 +74,20 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
         {"etcd_pki_leaf_lifetime_days": 4000, "etcd_pki_ca_lifetime_days": 3650},
         r"etcd_pki_leaf_lifetime_days \(4000\) must be shorter than etcd_pki_ca_lifetime_days \(3650\)",
     ),
+    "a member FQDN that is a list of names": (
+        topology(
+            {
+                "never-etcd-1": {
+                    "etcd_address": "192.0.2.1",
+                    "etcd_pki_member_fqdn": "etcd-1.example,IP:10.0.0.1",
+                },
+                "never-etcd-2": {"etcd_address": "192.0.2.2", "etcd_pki_member_fqdn": "etcd-2.example"},
+                "never-etcd-3": {"etcd_address": "192.0.2.3"},
+            }
+        ),
+        {},
+        r"etcd_pki_member_fqdn is 'etcd-1\.example,IP:10\.0\.0\.1' on never-etcd-1: it must be a host name",
+    ),
     "RSA key too small": (
         topology(),
         {"etcd_pki_key_type": "RSA", "etcd_pki_rsa_key_size": 2048},

@@ -43,7 +43,7 @@ UNDECLARED_TODAY: dict[str, set[str]] = {
     "etcd_apparmor": {"etcd_cert_dir", "etcd_cluster_name", "etcd_data_dir", "etcd_members_group"},
     "etcd_firewall": {"etcd_client_port", "etcd_metrics_port", "etcd_peer_port"},
     "etcd_storage": {"etcd_cluster_name", "etcd_data_dir", "etcd_members_group", "etcd_user"},
-    "etcd_pki": {"etcd_address", "etcd_cluster_name", "etcd_pki_member_fqdn"},
+    "etcd_pki": {"etcd_address", "etcd_cluster_name"},
     "kube_apiserver_etcd": {
         "etcd_client_port", "etcd_cluster_name", "etcd_members_group", "etcd_pki_client_ca_path",
         "etcd_pki_client_dir",
