@@ -149,7 +149,10 @@ def luks_uuid(host: Host, source: str) -> str:
     return uuid_
 
 
-@pytest.fixture(scope="module")
+# Session-wide: the tests that change the cluster run last (conftest), so this module's tests are
+# split in two groups with test_apparmor's between them, and a module-scoped fixture ran its playbook
+# (five minutes on the emulated VM) again for the second group.
+@pytest.fixture(scope="session")
 def key_source_volumes(topology: Topology, host_of: HostOf) -> dict[str, str]:
     """Open a volume with each of the key sources tang and keyfile; a marker file in each."""
     result = run_playbook(topology, REPO / "tests/integration/playbooks/luks_key_sources.yml")
