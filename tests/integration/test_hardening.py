@@ -255,3 +255,20 @@ def test_unit_sandbox_scores_2_or_lower(topology: Topology, host_of: HostOf) -> 
         match = re.search(r"exposure level for etcd.service: ([0-9.]+)", out)
         assert match, out
         assert float(match.group(1)) <= 2.0, out
+
+
+def test_a_members_fqdn_is_a_name_in_its_certificates(topology: Topology, host_of: HostOf) -> None:
+    named = {m: topology.var(m, "etcd_pki_member_fqdn") for m in topology.members}
+    named = {m: fqdn for m, fqdn in named.items() if fqdn}
+    if not named:
+        pytest.skip("no member of this inventory sets etcd_pki_member_fqdn")
+    for member in topology.members:
+        for cert in ("server", "peer"):
+            text = host_of(member).check_output(
+                f"openssl x509 -noout -ext subjectAltName -in /etc/etcd/pki/{cert}.crt"
+            )
+            dns_names = set(re.findall(r"DNS:([^,\s]+)", text))
+            if member in named:
+                assert named[member] in dns_names, (member, cert, text)
+            # Another member's name never reaches a certificate.
+            assert not (set(named.values()) - {named.get(member)}) & dns_names, (member, cert, text)
