@@ -219,7 +219,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 def run_playbook(topology: Topology, playbook: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run a playbook against the topology's inventory with the project's configuration."""
-    what = " ".join([playbook.name, *(Path(a).name if "/" in a else a for a in args)])
+    shown = (Path(a).name if a.startswith("/") else a if len(a) <= 60 else a[:57] + "..." for a in args)
+    what = " ".join([playbook.name, *shown])
     return timed_run(
         what,
         [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(topology.inventory),
