@@ -115,17 +115,14 @@ test: images
 	$(MAKE) --no-print-directory -j2 vm-then-debian12 checks-then-default || status=1; \
 	exit $$status
 
+# A lane's jobs one after another, each run even when an earlier one failed; fails if any failed.
+run_each = @status=0; for job in $(1); do $(MAKE) --no-print-directory $$job || status=1; done; exit $$status
+
 vm-then-debian12: images
-	@status=0; \
-	$(MAKE) --no-print-directory molecule-vm || status=1; \
-	$(MAKE) --no-print-directory molecule-debian12 || status=1; \
-	exit $$status
+	$(call run_each,molecule-vm molecule-debian12)
 
 checks-then-default: images
-	@status=0; \
-	$(MAKE) --no-print-directory checks || status=1; \
-	$(MAKE) --no-print-directory molecule-default || status=1; \
-	exit $$status
+	$(call run_each,checks molecule-default)
 
 checks: lint unit
 
