@@ -21,7 +21,7 @@ module: etcd_files
 short_description: Make a role's directories and files on a host match what the role wants, in one run
 description:
   - Does for a list of directories and files what C(ansible.builtin.file) and C(ansible.builtin.template)
-    do one at a time: each of those costs two module runs per file on a no-op (a stat, then a file call),
+    do one at a time, each of which costs two module runs per file on a no-op (a stat, then a file call),
     and module runs are most of a run's time here (about 0.3 s per host each).
   - Give each file's content rendered on the controller (C(lookup('ansible.builtin.template', ...))).
   - A file is written atomically (a temporary file in its directory, renamed over it) with its owner,
@@ -29,7 +29,7 @@ description:
     content that fails the check never replaces the old one.
   - Directories are created with their owner, group and mode, and put back to them when they differ.
     Missing parents of a directory are made as C(mkdir -p) makes them (root's, 0755); those of a file
-    are not: list its directory.
+    are not, so list its directory.
   - Order: directories, then files, then the paths to remove, each in the order given.
   - Supports check mode and diff mode; the diff shows contents and attributes as the template and file
     modules show theirs.
