@@ -94,10 +94,14 @@ def test_scale_table_relates_each_size_to_the_smallest() -> None:
         3: [bench.Run("fresh converge", 100.0, 80, 0, 5), bench.Run("no-op re-run", 50.0, 0, 0, 5)],
         5: [bench.Run("fresh converge", 150.0, 120, 0, 7), bench.Run("no-op re-run", 80.0, 0, 0, 7)],
     }
+    runs[5][1].module_runs = 15
     table = bench.scale_table(runs).splitlines()
-    assert table[0] == "| run | 3 members, s | 5 members, s | 5/3 | changed tasks |"
-    assert table[2] == "| fresh converge | 100.0 | 150.0 | 1.50 | 80/120 |"
-    assert table[3] == "| no-op re-run | 50.0 | 80.0 | 1.60 | 0/0 |"
+    assert (
+        table[0]
+        == "| run | 3 members, s | 5 members, s | 5/3 | changed tasks | module runs per host (most) |"
+    )
+    assert table[2] == "| fresh converge | 100.0 | 150.0 | 1.50 | 80/120 | 0/0 |"
+    assert table[3] == "| no-op re-run | 50.0 | 80.0 | 1.60 | 0/0 | 0/15 |"
 
 
 def test_firewall_table_relates_each_run_to_the_first() -> None:
@@ -199,3 +203,40 @@ def test_a_membership_change_is_reported_only_when_every_write_was_kept() -> Non
     for bad in ({"failed": 1}, {"lost": 2}, {"lost": None}, {"attempts": 0, "acknowledged": 0}):
         with pytest.raises(SystemExit, match="not all kept"):
             bench.membership_change("add", 300.0, {**kept, **bad})
+
+
+def _ran(action: str, skipped: bool = False) -> dict[str, object]:
+    return {"action": action, "skipped": skipped} if skipped else {"action": action}
+
+
+def test_module_runs_count_what_reached_a_host_and_nothing_else() -> None:
+    output = json.dumps(
+        {
+            "plays": [
+                {
+                    "play": {"name": "Members"},
+                    "tasks": [
+                        {
+                            "task": {"name": "read"},
+                            "hosts": {"m1": _ran("etcd_host_read"), "m2": _ran("etcd_host_read")},
+                        },
+                        {"task": {"name": "note"}, "hosts": {"m1": _ran("ansible.builtin.set_fact")}},
+                        {
+                            "task": {"name": "start"},
+                            "hosts": {"m1": _ran("ansible.builtin.systemd_service", True)},
+                        },
+                        {
+                            "task": {"name": "spec"},
+                            "hosts": {"m2": _ran("ansible.builtin.validate_argument_spec")},
+                        },
+                        {
+                            "task": {"name": "write"},
+                            "hosts": {"m2": _ran("etcd_files"), "localhost": _ran("stat")},
+                        },
+                    ],
+                }
+            ],
+            "stats": {},
+        }
+    )
+    assert bench.module_runs("noise\n" + output) == {"m1": 1, "m2": 2, "localhost": 1}
