@@ -63,6 +63,22 @@ def test_a_broken_rule_stops_the_run_and_leaves_the_profile_alone(
     assert {m: host_of(m).file(PROFILE_PATH).sha256sum for m in topology.members} == before
 
 
+def test_where_the_kernel_cannot_enforce_and_enforcement_is_required_the_run_stops(
+    topology: Topology, host_of: HostOf
+) -> None:
+    """The members' own kernel answer decides: where it is not Y, a required profile stops the run."""
+    without = [m for m in topology.members if host_of(m).run("test -d /sys/kernel/security/apparmor").rc != 0]
+    if not without:
+        pytest.skip("every member's kernel enforces AppArmor here (the VM tier)")
+    before = {m: host_of(m).file(PROFILE_PATH).sha256sum for m in topology.members}
+    result = run_site(topology, "--tags", "apparmor", "-e", "etcd_apparmor_require_kernel_support=true")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    for member in without:
+        assert f"The kernel of {member} does not enforce AppArmor" in output, output[-3000:]
+    assert {m: host_of(m).file(PROFILE_PATH).sha256sum for m in topology.members} == before
+
+
 # The VM tier reads the same summary from its unlocking run (test_vm_tier.py) instead of a run of
 # its own: a site run on the emulated VM costs minutes.
 def test_the_summary_says_whether_apparmor_is_enforced(topology: Topology, host_of: HostOf) -> None:
